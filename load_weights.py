@@ -1,0 +1,478 @@
+"""
+Loading real checkpoints into model.py: CLIP ViT-B/16, KLUE RoBERTa-base, official METER and Ko-METER.
+
+Every file is read with safetensors and mapped onto the model through one explicit table per layout
+(our name, the file's name, an optional transform). Shapes are asserted, hyper-parameters are read from
+the file's own shapes (heads = width / 64, where a file doesn't say), and every key that was missing,
+ignored, resized or freshly initialised is reported. A load either fills every tensor it promises or
+changes nothing. Follows METER's use of CLIP and RoBERTa (Dou et al., CVPR 2022, §3) and
+../shared/SPEC.md §2 and §7.
+
+    python load_weights.py inspect clip/model.safetensors      # layout, config from shapes, parameters per part
+    python load_weights.py convert meter.ckpt meter.safetensors  # .bin / .pt / .ckpt -> safetensors, no pickle code
+"""
+
+import argparse
+import json
+import math
+import os
+import pickle
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model import MeterConfig, TextEmbeddings, build_model, count_parameters, resize_position_embedding
+
+
+# -----------------------------------------------------------------------------
+# Reading a safetensors file, and what a load reports.
+
+def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for broken headers and short files
+        raise ValueError(f"{path}: not a readable safetensors file ({error}); "
+                         f"convert pickled checkpoints with `python load_weights.py convert`") from None
+    return state, metadata
+
+
+@dataclass
+class LoadReport:
+    source: str
+    layout: str
+    loaded: list[str] = field(default_factory=list)       # our names, filled from the file
+    ignored: list[str] = field(default_factory=list)      # the file's names nobody asked for
+    initialised: list[str] = field(default_factory=list)  # our names left at their fresh initialisation
+    resized: list[str] = field(default_factory=list)      # position embeddings interpolated to a new size
+
+    def summary(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.layout} layout)"]
+        if self.resized:
+            lines.append("  resized: " + ", ".join(self.resized))
+        if self.initialised:
+            lines.append("  freshly initialised: " + group_names(self.initialised))
+        if self.ignored:
+            lines.append(f"  ignored {len(self.ignored)} keys the model does not use: " + group_names(self.ignored))
+        return "\n".join(lines)
+
+
+def group_names(names: list[str]) -> str:
+    """Short listing: 'text_model.* (196), vision_model.encoder.layers.11.* (16), logit_scale'."""
+    groups: dict[str, int] = {}
+    for name in names:
+        match = re.match(r"(.*?\.\d+\.)", name)  # cut after the first layer number
+        group = match.group(1) + "*" if match else name
+        groups[group] = groups.get(group, 0) + 1
+    by_top: dict[str, list[str]] = {}
+    for prefix in groups:
+        by_top.setdefault(prefix.split(".")[0], []).append(prefix)
+    merged: dict[str, int] = {}
+    for top, prefixes in by_top.items():
+        if len(prefixes) > 3:  # many layers of one tower: one line for the tower
+            merged[top + ".*"] = sum(groups[prefix] for prefix in prefixes)
+        else:
+            merged.update({prefix: groups[prefix] for prefix in prefixes})
+    return ", ".join(f"{name} ({count})" if count > 1 else name for name, count in merged.items())
+
+
+# -----------------------------------------------------------------------------
+# The key tables. Each entry: (our name, the file's name, transform or None).
+
+def qkv_part(index):
+    """OpenAI's fused in_proj weight/bias stacks q, k, v on dim 0: take the index-th third."""
+    return lambda tensor: tensor.chunk(3, dim=0)[index]
+
+
+def clip_table(layout: str, prefix: str, num_blocks: int) -> list:
+    """Our ClipVision names <- CLIP's, in Hugging Face ("hf") or OpenAI ("openai") naming."""
+    if layout == "hf":
+        table = [("embeddings.patch.weight", "embeddings.patch_embedding.weight", None),
+                 ("embeddings.class_embedding", "embeddings.class_embedding", None),
+                 ("embeddings.position_embedding", "embeddings.position_embedding.weight", None),
+                 ("embeddings.norm.weight", "pre_layrnorm.weight", None),  # sic: HF spells it "layrnorm"
+                 ("embeddings.norm.bias", "pre_layrnorm.bias", None),
+                 ("post_norm.weight", "post_layernorm.weight", None),
+                 ("post_norm.bias", "post_layernorm.bias", None)]
+        block_pairs = [("attention_norm", "layer_norm1"), ("attention.query", "self_attn.q_proj"),
+                       ("attention.key", "self_attn.k_proj"), ("attention.value", "self_attn.v_proj"),
+                       ("attention.out", "self_attn.out_proj"), ("mlp_norm", "layer_norm2"),
+                       ("mlp_in", "mlp.fc1"), ("mlp_out", "mlp.fc2")]
+        for block in range(num_blocks):
+            for ours, theirs in block_pairs:
+                for kind in ("weight", "bias"):
+                    table.append((f"blocks.{block}.{ours}.{kind}", f"encoder.layers.{block}.{theirs}.{kind}", None))
+    else:
+        table = [("embeddings.patch.weight", "conv1.weight", None),
+                 ("embeddings.class_embedding", "class_embedding", None),
+                 ("embeddings.position_embedding", "positional_embedding", None),
+                 ("embeddings.norm.weight", "ln_pre.weight", None),
+                 ("embeddings.norm.bias", "ln_pre.bias", None),
+                 ("post_norm.weight", "ln_post.weight", None),
+                 ("post_norm.bias", "ln_post.bias", None)]
+        block_pairs = [("attention_norm", "ln_1"), ("attention.out", "attn.out_proj"), ("mlp_norm", "ln_2"),
+                       ("mlp_in", "mlp.c_fc"), ("mlp_out", "mlp.c_proj")]
+        for block in range(num_blocks):
+            theirs_block = f"transformer.resblocks.{block}"
+            for ours, theirs in block_pairs:
+                for kind in ("weight", "bias"):
+                    table.append((f"blocks.{block}.{ours}.{kind}", f"{theirs_block}.{theirs}.{kind}", None))
+            for index, name in enumerate(("query", "key", "value")):
+                table.append((f"blocks.{block}.attention.{name}.weight", f"{theirs_block}.attn.in_proj_weight",
+                              qkv_part(index)))
+                table.append((f"blocks.{block}.attention.{name}.bias", f"{theirs_block}.attn.in_proj_bias",
+                              qkv_part(index)))
+    return [(ours, prefix + theirs, transform) for ours, theirs, transform in table]
+
+
+def bert_layer_table(ours_prefix: str, theirs_prefix: str, cross_attention: bool) -> list:
+    """One PostNormLayer <- one Hugging Face BERT / RoBERTa layer (METER's fusion layers use the same names)."""
+    pairs = [("self_attention.query", "attention.self.query"), ("self_attention.key", "attention.self.key"),
+             ("self_attention.value", "attention.self.value"), ("self_attention.out", "attention.output.dense"),
+             ("self_attention_norm", "attention.output.LayerNorm")]
+    if cross_attention:
+        pairs += [("cross_attention.query", "crossattention.self.query"),
+                  ("cross_attention.key", "crossattention.self.key"),
+                  ("cross_attention.value", "crossattention.self.value"),
+                  ("cross_attention.out", "crossattention.output.dense"),
+                  ("cross_attention_norm", "crossattention.output.LayerNorm")]
+    pairs += [("ffn_in", "intermediate.dense"), ("ffn_out", "output.dense"), ("ffn_norm", "output.LayerNorm")]
+    return [(f"{ours_prefix}{ours}.{kind}", f"{theirs_prefix}{theirs}.{kind}", None)
+            for ours, theirs in pairs for kind in ("weight", "bias")]
+
+
+def roberta_table(prefix: str, num_layers: int) -> list:
+    """Our RobertaText names <- Hugging Face RobertaModel's."""
+    table = [("embeddings.word.weight", "embeddings.word_embeddings.weight", None),
+             ("embeddings.position.weight", "embeddings.position_embeddings.weight", None),
+             ("embeddings.token_type.weight", "embeddings.token_type_embeddings.weight", None),
+             ("embeddings.norm.weight", "embeddings.LayerNorm.weight", None),
+             ("embeddings.norm.bias", "embeddings.LayerNorm.bias", None)]
+    for layer in range(num_layers):
+        table += bert_layer_table(f"layers.{layer}.", f"encoder.layer.{layer}.", cross_attention=False)
+    return [(ours, prefix + theirs, transform) for ours, theirs, transform in table]
+
+
+def with_prefix(prefix: str, table: list) -> list:
+    return [(prefix + ours, theirs, transform) for ours, theirs, transform in table]
+
+
+# The heads of an official METER checkpoint depend on what it was trained for (pretraining: MLM and ITM;
+# VQA: the classifier), so they are optional: absent ones keep their fresh initialisation.
+METER_HEADS_TABLE = [
+    ("mlm_head.dense.weight", "mlm_score.transform.dense.weight", None),
+    ("mlm_head.dense.bias", "mlm_score.transform.dense.bias", None),
+    ("mlm_head.norm.weight", "mlm_score.transform.LayerNorm.weight", None),
+    ("mlm_head.norm.bias", "mlm_score.transform.LayerNorm.bias", None),
+    ("mlm_head.decoder.weight", "mlm_score.decoder.weight", None),
+    ("mlm_head.bias", "mlm_score.bias", None),
+    ("itm_head.weight", "itm_score.fc.weight", None),
+    ("itm_head.bias", "itm_score.fc.bias", None),
+    ("vqa_head.dense.weight", "vqa_classifier.0.weight", None),
+    ("vqa_head.dense.bias", "vqa_classifier.0.bias", None),
+    ("vqa_head.norm.weight", "vqa_classifier.1.weight", None),
+    ("vqa_head.norm.bias", "vqa_classifier.1.bias", None),
+    ("vqa_head.classifier.weight", "vqa_classifier.3.weight", None),
+    ("vqa_head.classifier.bias", "vqa_classifier.3.bias", None),
+]
+
+
+def meter_table(cfg: MeterConfig) -> list:
+    """Our Meter names <- the official METER checkpoint's (METERTransformerSS.state_dict())."""
+    table = with_prefix("vision.", clip_table("openai", "vit_model.visual.", cfg.vision_layers))
+    table += with_prefix("text.", roberta_table("text_transformer.", cfg.text_layers))
+    table += [(f"{ours}.{kind}", f"{theirs}.{kind}", None)
+              for ours, theirs in (("text_proj", "cross_modal_text_transform"),
+                                   ("image_proj", "cross_modal_image_transform"),
+                                   ("text_pooler.dense", "cross_modal_text_pooler.dense"),
+                                   ("image_pooler.dense", "cross_modal_image_pooler.dense"))
+              for kind in ("weight", "bias")]
+    table.append(("modality.weight", "token_type_embeddings.weight", None))
+    for layer in range(cfg.fusion_layers):
+        for stream in ("text", "image"):
+            table += bert_layer_table(f"{stream}_layers.{layer}.", f"cross_modal_{stream}_layers.{layer}.", True)
+    return table + METER_HEADS_TABLE
+
+
+# -----------------------------------------------------------------------------
+# Finding a file's layout and the configuration its shapes imply.
+
+def find_prefix(state: dict, suffix: str) -> str | None:
+    """The prefix in front of `suffix` in the file ('' / 'vision_model.' / 'roberta.' ...), None if absent."""
+    candidates = sorted(key[: -len(suffix)] for key in state if key == suffix or key.endswith("." + suffix))
+    return candidates[0] if candidates else None
+
+
+def detect_layout(state: dict, metadata: dict) -> tuple[str, str]:
+    """-> (layout, prefix): ko-meter, meter, clip-hf, clip-openai, roberta; ValueError when none fits."""
+    if metadata.get("format") == "ko-meter":
+        return "ko-meter", ""
+    if "cross_modal_text_transform.weight" in state:
+        return "meter", ""
+    for layout, suffix in (("clip-hf", "embeddings.patch_embedding.weight"), ("clip-openai", "conv1.weight"),
+                           ("roberta", "embeddings.word_embeddings.weight")):
+        prefix = find_prefix(state, suffix)
+        if prefix is not None:
+            return layout, prefix
+    sample = ", ".join(sorted(state)[:5])
+    raise ValueError(f"unknown checkpoint layout: {len(state)} tensors, none of CLIP, RoBERTa, METER or "
+                     f"Ko-METER (first keys: {sample})")
+
+
+def count_indices(state: dict, prefix: str) -> int:
+    """How many numbered sub-modules `prefix.N.` the file holds."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    numbers = {int(match.group(1)) for key in state if (match := pattern.match(key))}
+    return max(numbers) + 1 if numbers else 0
+
+
+def clip_config(state: dict, layout: str, prefix: str) -> dict:
+    if layout == "clip-hf":
+        patch_key, position_key, blocks = ("embeddings.patch_embedding.weight",
+                                           "embeddings.position_embedding.weight", "encoder.layers.")
+    else:
+        patch_key, position_key, blocks = "conv1.weight", "positional_embedding", "transformer.resblocks."
+    width, patch_size = state[prefix + patch_key].shape[0], state[prefix + patch_key].shape[-1]
+    return {"vision_width": width, "vision_heads": width // 64, "patch_size": patch_size,
+            "image_size": math.isqrt(state[prefix + position_key].shape[0] - 1) * patch_size,
+            "vision_layers": count_indices(state, prefix + blocks)}
+
+
+def roberta_config(state: dict, prefix: str) -> dict:
+    words = state[prefix + "embeddings.word_embeddings.weight"]
+    return {"vocab_size": words.shape[0], "text_width": words.shape[1], "text_heads": words.shape[1] // 64,
+            "max_positions": state[prefix + "embeddings.position_embeddings.weight"].shape[0],
+            "text_layers": count_indices(state, prefix + "encoder.layer."),
+            "text_ffn_width": state[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0]}
+
+
+def meter_config(state: dict) -> MeterConfig:
+    """Ko-METER configuration from an official METER checkpoint's shapes."""
+    hidden = state["cross_modal_text_transform.weight"].shape[0]
+    vqa = state.get("vqa_classifier.3.weight")
+    return MeterConfig(**clip_config(state, "clip-openai", "vit_model.visual."),
+                       **roberta_config(state, "text_transformer."),
+                       hidden_size=hidden, fusion_heads=hidden // 64,
+                       fusion_layers=count_indices(state, "cross_modal_text_layers."),
+                       fusion_ffn_width=state["cross_modal_text_layers.0.intermediate.dense.weight"].shape[0],
+                       num_answers=0 if vqa is None else vqa.shape[0])
+
+
+def config_from_metadata(metadata: dict, path) -> MeterConfig:
+    values = json.loads(metadata["config"])
+    known = {item.name for item in fields(MeterConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: config in the metadata has fields this version does not know: {unknown}")
+    return MeterConfig(**values)
+
+
+# -----------------------------------------------------------------------------
+# Applying a table: build the complete new state first, then load it in one step.
+
+def apply_table(module: torch.nn.Module, state: dict, table: list, source, layout: str,
+                optional: set[str] = frozenset()) -> LoadReport:
+    """Fill `module` from `state` through `table`. Required entries must exist with the right shapes;
+    `optional` ones (our names) keep their initialisation when absent. Nothing changes on an error."""
+    report = LoadReport(str(source), layout)
+    targets = module.state_dict()
+    new_state, used, missing = {}, set(), []
+    for ours, theirs, transform in table:
+        if ours not in targets:
+            continue  # the model has no such part (a VQA head when num_answers == 0, say)
+        if theirs not in state:
+            if ours not in optional:
+                missing.append(theirs)
+            continue
+        tensor = state[theirs] if transform is None else transform(state[theirs])
+        used.add(theirs)
+        expected = targets[ours].shape
+        if tensor.shape != expected and ours.endswith("position_embedding") and tensor.shape[1:] == expected[1:]:
+            report.resized.append(f"{ours} {tensor.shape[0]} -> {expected[0]} rows")
+            tensor = resize_position_embedding(tensor, expected[0] - 1)
+        if tensor.shape != expected:
+            raise ValueError(f"{source}: {theirs} has shape {tuple(tensor.shape)} but {ours} needs "
+                             f"{tuple(expected)}")
+        new_state[ours] = tensor.to(targets[ours].dtype)
+        report.loaded.append(ours)
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise ValueError(f"{source}: missing {len(missing)} required keys for the {layout} layout: {shown}")
+    report.initialised = [ours for ours in targets if ours not in new_state]
+    new_state.update({ours: targets[ours] for ours in report.initialised})
+    report.ignored = sorted(key for key in state if key not in used)
+    module.load_state_dict(new_state, strict=True)
+    return report
+
+
+# -----------------------------------------------------------------------------
+# The public loaders (SPEC §7).
+
+def load_clip(vision: torch.nn.Module, path, verbose: bool = True) -> LoadReport:
+    """CLIP weights into a ClipVision (its first len(vision.blocks) blocks; the rest of the file is ignored).
+    Accepts Hugging Face names (vision_model.…, with or without the prefix) or OpenAI names (visual.…)."""
+    state, metadata = read_safetensors(path)
+    layout, prefix = detect_layout(state, metadata)
+    if not layout.startswith("clip"):
+        raise ValueError(f"{path}: expected a CLIP checkpoint, found a {layout} checkpoint")
+    table = clip_table(layout.removeprefix("clip-"), prefix, len(vision.blocks))
+    report = apply_table(vision, state, table, path, layout)
+    if verbose:
+        print(report.summary())
+    return report
+
+
+def load_text(text: torch.nn.Module, path, verbose: bool = True) -> LoadReport:
+    """KLUE RoBERTa weights (RobertaModel names, or RobertaForMaskedLM's under "roberta.") into a
+    RobertaText, or only its embeddings into a TextEmbeddings (the ViLT baseline)."""
+    state, metadata = read_safetensors(path)
+    layout, prefix = detect_layout(state, metadata)
+    if layout != "roberta":
+        raise ValueError(f"{path}: expected a RoBERTa checkpoint, found a {layout} checkpoint")
+    if isinstance(text, TextEmbeddings):
+        table = [(ours.removeprefix("embeddings."), theirs, transform)
+                 for ours, theirs, transform in roberta_table(prefix, 0)]
+    else:
+        table = roberta_table(prefix, len(text.layers))
+    report = apply_table(text, state, table, path, layout)
+    if verbose:
+        print(report.summary())
+    return report
+
+
+def initialise_encoders(model: torch.nn.Module, clip_path=None, text_path=None, verbose: bool = True):
+    """Start a fresh Meter or Vilt from CLIP and KLUE: the paper's "without pretraining" starting point."""
+    if clip_path is not None:
+        if model.cfg.arch == "meter":
+            load_clip(model.vision, clip_path, verbose)
+        else:  # ViLT: CLIP's patch embedding, its blocks as the single stream, ln_post as the final norm
+            state, metadata = read_safetensors(clip_path)
+            layout, prefix = detect_layout(state, metadata)
+            if not layout.startswith("clip"):
+                raise ValueError(f"{clip_path}: expected a CLIP checkpoint, found a {layout} checkpoint")
+            # a view of the CLIP-shaped parts under ClipVision's names, so that CLIP's table applies as it is
+            clip_parts = torch.nn.ModuleDict({"embeddings": model.vision, "blocks": model.blocks,
+                                              "post_norm": model.norm})
+            table = clip_table(layout.removeprefix("clip-"), prefix, model.cfg.vilt_layers)
+            report = apply_table(clip_parts, state, table, clip_path, layout)
+            if verbose:
+                print(report.summary())
+    if text_path is not None:
+        load_text(model.text, text_path, verbose)
+
+
+def load_meter(path, image_size: int | None = None, num_answers: int | None = None, verbose: bool = True):
+    """A ready model from a Ko-METER checkpoint (config in its metadata; Meter or Vilt) or from an
+    official METER checkpoint converted to safetensors (config from its shapes). `image_size` resizes
+    the position embeddings; `num_answers` sets the VQA head, freshly initialised when it changes."""
+    state, metadata = read_safetensors(path)
+    layout, _ = detect_layout(state, metadata)
+    if layout == "ko-meter":
+        cfg = config_from_metadata(metadata, path)
+    elif layout == "meter":
+        cfg = meter_config(state)
+    else:
+        raise ValueError(f"{path}: expected a Ko-METER or METER checkpoint, found a {layout} checkpoint")
+    overrides = {}
+    if image_size is not None:
+        overrides["image_size"] = image_size
+    if num_answers is not None:
+        overrides["num_answers"] = num_answers
+    cfg = replace(cfg, **overrides)
+    model = build_model(cfg)
+    if layout == "ko-meter":
+        table, answers_key = [(name, name, None) for name in model.state_dict()], "vqa_head.classifier.weight"
+    else:
+        table, answers_key = meter_table(cfg), "vqa_classifier.3.weight"
+    if answers_key in state and state[answers_key].shape[0] != cfg.num_answers:
+        table = [entry for entry in table if not entry[0].startswith("vqa_head.")]  # new answers: new head
+    optional = {ours for ours, _, _ in METER_HEADS_TABLE}
+    report = apply_table(model, state, table, path, layout, optional=optional)
+    if verbose:
+        print(report.summary())
+    return model
+
+
+def save_model(model: torch.nn.Module, path, metadata: dict[str, str] | None = None):
+    """Write the model as safetensors with its config in the metadata; atomic: a temporary file, then rename."""
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    info = {"format": "ko-meter", "config": json.dumps(model.cfg.to_dict())}
+    info.update(metadata or {})
+    temporary = f"{path}.tmp"
+    save_file(state, temporary, metadata=info)
+    os.replace(temporary, path)
+
+
+# -----------------------------------------------------------------------------
+# Command line: inspect and convert.
+
+def inspect(path):
+    state, metadata = read_safetensors(path)
+    layout, prefix = detect_layout(state, metadata)
+    print(f"file: {path}\nlayout: {layout}" + (f" (keys under '{prefix}')" if prefix else ""))
+    if layout in ("ko-meter", "meter"):
+        cfg = config_from_metadata(metadata, path) if layout == "ko-meter" else meter_config(state)
+        print("config: " + json.dumps(cfg.to_dict()))
+        counts = count_parameters(build_model(cfg))
+        print("parameters: " + ", ".join(f"{part} {count:,}" for part, count in counts.items()))
+        return
+    config = clip_config(state, layout, prefix) if layout.startswith("clip") else roberta_config(state, prefix)
+    print("config: " + json.dumps(config))
+    total = sum(tensor.numel() for tensor in state.values())
+    used = sum(tensor.numel() for key, tensor in state.items() if key.startswith(prefix))
+    part = "vision tower" if layout.startswith("clip") else "text encoder"
+    print(f"parameters: {part} {used:,}, whole file {total:,}")
+
+
+def convert(source, target):
+    """A pickled checkpoint (.bin / .pt / .ckpt; a Lightning checkpoint's state_dict) -> safetensors."""
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{source}: no such file")
+    try:
+        loaded = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{source}: refused, loading it would run code from the file (only tensors and "
+                         f"plain containers are accepted): {str(error).splitlines()[0]}") from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{source}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{source}: holds a {type(loaded).__name__}, not a state dict")
+    tensors = {key: value.contiguous().clone() for key, value in state.items() if isinstance(value, torch.Tensor)}
+    skipped = sorted(key for key in state if key not in tensors)
+    if not tensors:
+        raise ValueError(f"{source}: no tensors found")
+    temporary = f"{target}.tmp"
+    save_file(tensors, temporary)
+    os.replace(temporary, target)
+    print(f"wrote {len(tensors)} tensors to {target}" + (f"; skipped non-tensor entries: {skipped}" if skipped else ""))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Inspect or convert checkpoints for Ko-METER.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect_parser = commands.add_parser("inspect", help="layout, config read from shapes, parameters per part")
+    inspect_parser.add_argument("file", help="a .safetensors file")
+    convert_parser = commands.add_parser("convert", help="pickled .bin/.pt/.ckpt -> .safetensors (weights only)")
+    convert_parser.add_argument("source", help="the .bin / .pt / .ckpt file")
+    convert_parser.add_argument("target", help="the .safetensors file to write")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "inspect":
+            inspect(args.file)
+        else:
+            convert(args.source, args.target)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
