@@ -193,7 +193,9 @@ class TextEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.text_width, eps=1e-5)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, attention_mask=None):
+        """input_ids [B, T] -> [B, T, W]. The mask is not needed (positions come from the pad ids); it is
+        accepted so that ViLT's text part is called like the RoBERTa encoder: model.text(ids, mask)."""
         # RoBERTa positions: real tokens count up from pad_id + 1 = 2, pads sit at pad_id = 1
         is_token = (input_ids != self.pad_id).long()
         positions = torch.cumsum(is_token, dim=1) * is_token + self.pad_id  # [B, T]
@@ -301,7 +303,14 @@ def init_weights(module: nn.Module):
             nn.init.zeros_(child.bias)
 
 
-HEADS = ("mlm_head", "itm_head", "vqa_head")
+def part_of(param_name: str) -> str:
+    """vision | text: the encoders, pretrained, at the base lr | fusion: new, 5x | heads: 5x or 50x.
+    In ViLT the encoders are the embeddings; its blocks do the fusing, so they train at the fusion's lr
+    (ViLT trains its whole transformer at a high lr), even when they start from CLIP."""
+    top = param_name.split(".")[0]
+    if top in ("vision", "text"):
+        return top
+    return "heads" if top in ("mlm_head", "itm_head", "vqa_head") else "fusion"
 
 
 def no_weight_decay(param_name: str) -> bool:
@@ -352,13 +361,7 @@ class Meter(nn.Module):
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids, attention_mask), attention_mask, self.vision(pixels))
 
-    def part_of(self, param_name: str) -> str:
-        """vision | text (pretrained encoders, base lr) | fusion (new, 5x) | heads (5x or 50x)."""
-        top = param_name.split(".")[0]
-        if top in ("vision", "text"):
-            return top
-        return "heads" if top in HEADS else "fusion"
-
+    part_of = staticmethod(part_of)
     no_weight_decay = staticmethod(no_weight_decay)
 
 
@@ -399,15 +402,7 @@ class Vilt(nn.Module):
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids), attention_mask, self.vision(pixels))
 
-    def part_of(self, param_name: str) -> str:
-        """The blocks and final norm come from CLIP, so they train at the encoders' lr like Ko-METER's."""
-        top = param_name.split(".")[0]
-        if top in ("vision", "blocks", "norm"):
-            return "vision"
-        if top == "text":
-            return "text"
-        return "heads" if top in HEADS else "fusion"
-
+    part_of = staticmethod(part_of)
     no_weight_decay = staticmethod(no_weight_decay)
 
 
@@ -417,6 +412,15 @@ def build_model(cfg: MeterConfig) -> nn.Module:
     if cfg.arch == "vilt":
         return Vilt(cfg)
     raise ValueError(f"unknown architecture {cfg.arch!r}: expected 'meter' or 'vilt'")
+
+
+def compile_layers(model: nn.Module):
+    """torch.compile every transformer layer in place. The model's own Python (the encoders' loops, fuse)
+    stays eager, so model.vision, model.text and model.fuse, called alone or together, all run compiled
+    layers."""
+    for module in model.modules():
+        if isinstance(module, (PreNormBlock, PostNormLayer)):
+            module.compile()
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -1,0 +1,248 @@
+"""
+How fast is a Ko-METER pretraining step, how far from what the hardware can do, and how much faster than
+METER's way of computing the same losses? On synthetic inputs, after warm-up, median of timed repetitions.
+
+Reports: the training step (MLM + ITM, forward, backward, AdamW) done this project's way (the image
+encoder once, MLM logits only where masked; SPEC §3) and METER's way (two full forward passes, MLM logits
+everywhere), their losses (identical) and speed ratio; model FLOPs per sample counted from the config;
+achieved FLOP/s against the device's measured matrix-multiply ceiling; VQA inference; data loading; on
+CUDA the projected wall time of the paper's 256 x 40,000 pretraining run.
+
+    python bench.py --config tiny                          # seconds on a laptop CPU
+    python bench.py --config base --batch 2                # the base model on CPU, a few minutes
+    python bench.py --config base --batch 64 --device cuda --dtype bf16 --compile
+"""
+
+import argparse
+import contextlib
+import resource
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+import data
+from model import CONFIGS, build_model, compile_layers
+from pretrain import PRETRAIN_LR_MULTIPLIERS, build_optimizer, pretrain_losses, pretrain_losses_two_pass
+
+MASK_ID = 4  # KLUE's [MASK]; ids 0..4 are the special tokens
+
+
+# -----------------------------------------------------------------------------
+# Model FLOPs, counted analytically: a matrix product of [m, k] @ [k, n] costs 2*m*n*k.
+
+def layer_flops(tokens, width, ffn_width, context_tokens=0):
+    """One transformer layer over `tokens` tokens; with cross-attention to `context_tokens` when > 0."""
+    flops = 2 * tokens * width * 4 * width           # self-attention: q, k, v and output projections
+    flops += 2 * 2 * tokens * tokens * width         # scores q k^T and probabilities @ v
+    if context_tokens:
+        flops += 2 * tokens * width * 2 * width      # cross-attention: q and output projections
+        flops += 2 * context_tokens * width * 2 * width  # k and v of the other stream
+        flops += 2 * 2 * tokens * context_tokens * width
+    return flops + 2 * 2 * tokens * width * ffn_width  # feed-forward in and out
+
+
+def forward_flops(cfg, text_tokens, masked_tokens, image_passes=1, text_passes=2, mlm_everywhere=False):
+    """Forward FLOPs of one pretraining sample: `image_passes` vision encoder runs, `text_passes` text
+    encoder + fusion runs (masked text for MLM, clean text for ITM), and the MLM head on the masked
+    tokens (or on every token, METER's way)."""
+    patches = cfg.num_patches
+    image_tokens = 1 + patches
+    vision = 2 * patches * 3 * cfg.patch_size ** 2 * cfg.vision_width  # patch embedding
+    vision += cfg.vision_layers * layer_flops(image_tokens, cfg.vision_width, 4 * cfg.vision_width)
+    text = cfg.text_layers * layer_flops(text_tokens, cfg.text_width, cfg.text_ffn_width)
+    hidden = cfg.hidden_size
+    fusion = 2 * text_tokens * cfg.text_width * hidden + 2 * image_tokens * cfg.vision_width * hidden
+    fusion += cfg.fusion_layers * (layer_flops(text_tokens, hidden, cfg.fusion_ffn_width, image_tokens)
+                                   + layer_flops(image_tokens, hidden, cfg.fusion_ffn_width, text_tokens))
+    fusion += 2 * 2 * hidden * hidden  # two poolers
+    mlm_tokens = text_tokens if mlm_everywhere else masked_tokens
+    heads = 2 * mlm_tokens * (hidden * hidden + hidden * cfg.vocab_size) + 2 * 2 * hidden * 2
+    return image_passes * vision + text_passes * (text + fusion) + heads
+
+
+# -----------------------------------------------------------------------------
+# Timing.
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(function, device, repeats, warmup):
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_ceiling(device, dtype):
+    """FLOP/s of a large square matrix product: fp32 on CPU, bf16 on CUDA (what a step could reach)."""
+    side = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(side, side, device=device, dtype=dtype)
+    b = torch.randn(side, side, device=device, dtype=dtype)
+    seconds = median_seconds(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 5, warmup=2)
+    return 2 * side ** 3 / seconds
+
+
+def peak_memory_gib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB; whole process
+
+
+def synthetic_batch(cfg, batch_size, text_tokens, device, seed=0):
+    """Random pixels and full-length texts, 15% of the tokens masked, half of the images swapped."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, cfg.vocab_size, (batch_size, text_tokens), generator=generator)
+    input_ids[:, 0], input_ids[:, -1] = 0, 2  # [CLS] ... [SEP]
+    chosen = torch.rand(batch_size, text_tokens, generator=generator) < 0.15
+    chosen[:, 0] = chosen[:, -1] = False
+    chosen[:, 1] = True  # at least one masked token per text
+    image_index = torch.arange(batch_size)
+    swapped = torch.randperm(batch_size, generator=generator)[: batch_size // 2]
+    image_index[swapped] = image_index[swapped.roll(1)] if len(swapped) > 1 else (swapped + 1) % batch_size
+    batch = {
+        "pixels": torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=generator),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "masked_ids": torch.where(chosen, MASK_ID, input_ids),
+        "mlm_labels": torch.where(chosen, input_ids, -100),
+        "image_index": image_index,
+        "itm_labels": (image_index == torch.arange(batch_size)).long(),
+    }
+    return {name: value.to(device) for name, value in batch.items()}
+
+
+def rate(value):
+    """1,234 / 12.3 / 0.123: three significant digits at least, whatever the size."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def autocast(device, dtype):
+    if dtype == torch.bfloat16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -----------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description="Speed of the Ko-METER pretraining step, VQA inference "
+                                                 "and data loading, on synthetic inputs.")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="model size (default tiny)")
+    parser.add_argument("--batch", type=int, default=None, help="samples per step (default: 64 tiny, 2 base on "
+                                                                "CPU, 64 base on CUDA)")
+    parser.add_argument("--image-size", type=int, default=None, help="pixels per side (default: the config's)")
+    parser.add_argument("--max-len", type=int, default=40, help="text tokens per sample (default 40, the paper's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
+                        help="compute dtype: bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 10 CUDA, 3 CPU)")
+    parser.add_argument("--vqa-batch", type=int, default=None, help="large VQA inference batch (default 64/256)")
+    parser.add_argument("--skip-data", action="store_true", help="do not measure image loading")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if (args.dtype or ("bf16" if on_cuda else "fp32")) == "bf16" else torch.float32
+    cfg = CONFIGS[args.config]
+    if args.image_size:
+        cfg = replace(cfg, image_size=args.image_size)
+    batch_size = args.batch or (2 if args.config == "base" and not on_cuda else 64)
+    repeats = args.repeats or (10 if on_cuda else 3)
+    torch.manual_seed(0)
+    if on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    model = build_model(cfg).to(device).train()
+    if args.compile:
+        compile_layers(model)
+    optimizer = build_optimizer(model, 1e-5, PRETRAIN_LR_MULTIPLIERS)
+    batch = synthetic_batch(cfg, batch_size, args.max_len, device)
+    masked_tokens = (batch["mlm_labels"] != -100).sum().item() / batch_size
+
+    def step(losses_function):
+        def run():
+            with autocast(device, dtype):
+                losses = losses_function(model, batch)
+            losses["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return run
+
+    # identical losses: both ways on the same weights, without dropout and in fp32
+    model.eval()
+    with torch.no_grad():
+        ours, meters = pretrain_losses(model, batch), pretrain_losses_two_pass(model, batch)
+    loss_difference = max(abs(ours[name].item() - meters[name].item()) for name in ("mlm_loss", "itm_loss"))
+    model.train()
+
+    print(f"Ko-METER bench: config {args.config}, batch {batch_size}, image {cfg.image_size} px, "
+          f"text {args.max_len} tokens, {device.type} "
+          f"({torch.cuda.get_device_name(device) if on_cuda else f'{torch.get_num_threads()} threads'}), "
+          f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}{', compiled' if args.compile else ''}, "
+          f"torch {torch.__version__}")
+    ceiling = matmul_ceiling(device, torch.bfloat16 if on_cuda else torch.float32)
+    ceiling_name = "bf16" if on_cuda else "fp32"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    warmup = 3 if args.compile else 1
+    seconds = median_seconds(step(pretrain_losses), device, repeats, warmup)
+    memory = peak_memory_gib(device)
+    meter_seconds = median_seconds(step(pretrain_losses_two_pass), device, repeats, warmup)
+
+    flops = 3 * forward_flops(cfg, args.max_len, masked_tokens)  # backward = twice the forward
+    meter_flops = 3 * forward_flops(cfg, args.max_len, masked_tokens, image_passes=2, mlm_everywhere=True)
+    achieved = flops * batch_size / seconds
+    rows = [
+        ("training step, this project (one image pass)", f"{rate(batch_size / seconds)} samples/s",
+         f"{seconds * 1e3:,.0f} ms/step", f"peak memory {memory:.2f} GiB"),
+        ("training step, METER's way (two passes)", f"{rate(batch_size / meter_seconds)} samples/s",
+         f"{meter_seconds * 1e3:,.0f} ms/step", f"speed-up {meter_seconds / seconds:.2f}x"),
+        ("losses of the two ways", f"max difference {loss_difference:.1e}", "", ""),
+        ("model FLOPs per training sample", f"{flops / 1e9:,.1f} GFLOP",
+         f"METER's way {meter_flops / 1e9:,.1f} GFLOP", ""),
+        ("achieved", f"{achieved / 1e12:,.3f} TFLOP/s",
+         f"{ceiling_name} matmul ceiling {ceiling / 1e12:,.3f} TFLOP/s", f"{achieved / ceiling:.0%} of ceiling"),
+    ]
+
+    vqa_model = build_model(replace(cfg, num_answers=3811)).to(device).eval()
+    large = args.vqa_batch or (256 if on_cuda else 64)
+    for size in (1, large):
+        inputs = synthetic_batch(cfg, size, 16, device)
+
+        def answer():
+            with torch.no_grad(), autocast(device, dtype):
+                vqa_model.vqa_head(vqa_model(inputs["pixels"], inputs["input_ids"], inputs["attention_mask"])
+                                   ["cls_feats"])
+        vqa_seconds = median_seconds(answer, device, repeats, warmup=1)
+        rows.append((f"VQA inference, batch {size}", f"{rate(size / vqa_seconds)} questions/s",
+                     f"{vqa_seconds * 1e3:,.1f} ms/batch", ""))
+
+    if not args.skip_data:
+        loading = data.bench_loading(size=cfg.image_size)
+        rows.append(("data loading, one worker (640x480 JPEG)",
+                     f"{loading['project_images_per_s']:,.0f} images/s",
+                     f"naive Pillow {loading['naive_images_per_s']:,.0f} images/s",
+                     f"{loading['project_images_per_s'] / loading['naive_images_per_s']:.1f}x"))
+    if on_cuda:
+        hours = 40000 * 256 / (batch_size / seconds) / 3600
+        rows.append(("paper's run, 256 x 40,000 steps", f"projected {hours:.1f} h", "", ""))
+
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Tests of finetune.py and predict.py on a tiny demo set (CPU, seconds): a fine-tuning run from a
+pretraining checkpoint writes results.json in the SPEC §7 shape, dev_predictions.jsonl and best/;
+a ViLT run without pretraining carves its own dev split; predict.py answers one question and a
+JSONL file and reports bad input in one line."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data
+import finetune
+import predict
+import pretrain
+from model import CONFIGS, build_model
+
+TRAINING_FLAGS = ["--config", "tiny", "--batch", "8", "--micro-batch", "4", "--steps", "4", "--max-len", "16",
+                  "--log-every", "2", "--eval-every", "2", "--save-every", "2", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def demo_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return data.make_demo(str(root / "demo_data"), caption_images=40, vqa_train_images=40, vqa_dev_images=10,
+                          questions_per_image=4, image_size=64, vocab_size=200)
+
+
+@pytest.fixture(scope="module")
+def finetuned(demo_set, tmp_path_factory):
+    """A 3-step pretraining, then 4 steps of fine-tuning from it with dev evaluation every 2 steps."""
+    root = tmp_path_factory.mktemp("runs")
+    pretrain.main(["--captions", demo_set["captions"], "--images", demo_set["images"], "--tokenizer",
+                   demo_set["tokenizer"], *TRAINING_FLAGS, "--steps", "3", "--out", str(root / "pretrain")])
+    finetune.main(["--train", demo_set["vqa_train"], "--dev", demo_set["vqa_dev"], "--images", demo_set["images"],
+                   "--tokenizer", demo_set["tokenizer"], "--pretrained", str(root / "pretrain"), "--lr", "1e-4",
+                   *TRAINING_FLAGS, "--augment", "safe", "--out", str(root / "finetune")])
+    return root / "finetune"
+
+
+def test_results_follow_the_spec(finetuned, demo_set):
+    results = json.loads((finetuned / "results.json").read_text(encoding="utf-8"))
+    assert set(results) == {"steps", "overall", "by_type", "history"} and results["steps"] == 4
+    dev_questions = len(data.read_vqa(demo_set["vqa_dev"], demo_set["images"]))
+    assert results["overall"]["n"] == dev_questions
+    assert list(results["by_type"]) == data.ANSWER_TYPES
+    assert sum(result["n"] for result in results["by_type"].values()) == dev_questions
+    for result in [results["overall"], *results["by_type"].values()]:
+        assert set(result) == {"accuracy", "vqa_score", "n"}
+        assert 0 <= result["accuracy"] <= 1 and 0 <= result["vqa_score"] <= 1
+    assert [row["step"] for row in results["history"]] == [2, 4]
+    assert results["history"][-1]["accuracy"] == results["overall"]["accuracy"]
+    rows = [json.loads(line) for line in (finetuned / "dev_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == dev_questions
+    assert {"question_id", "question", "prediction", "answers", "answer_type", "score"} <= set(rows[0])
+    assert sum(row["score"] for row in rows) / len(rows) == pytest.approx(results["overall"]["vqa_score"])
+    answers = json.loads((finetuned / "answers.json").read_text(encoding="utf-8"))
+    assert all(row["prediction"] in answers for row in rows)
+    for name in ["model.safetensors", "optimizer.safetensors", "training_state.json", "tokenizer.json",
+                 "metrics.jsonl", "curves.png", "best/model.safetensors", "best/answers.json", "best/tokenizer.json"]:
+        assert (finetuned / name).exists(), name
+
+
+def test_finetune_resumes_exactly_with_its_history(demo_set, tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise equal runs need one thread (see tests/test_pretrain.py)
+    arguments = ["--train", demo_set["vqa_train"], "--dev", demo_set["vqa_dev"], "--images", demo_set["images"],
+                 "--tokenizer", demo_set["tokenizer"], *TRAINING_FLAGS]
+    finetune.main([*arguments, "--out", str(tmp_path / "straight")])
+    calls = {"count": 0}
+    original = finetune.vqa_losses
+
+    def crash_in_step_three(model, *rest):
+        calls["count"] += model.training
+        if calls["count"] == 5:  # first micro-batch of step 3
+            raise RuntimeError("simulated crash")
+        return original(model, *rest)
+
+    monkeypatch.setattr(finetune, "vqa_losses", crash_in_step_three)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune.main([*arguments, "--out", str(tmp_path / "crashed")])
+    monkeypatch.setattr(finetune, "vqa_losses", original)
+    finetune.main([*arguments, "--out", str(tmp_path / "crashed"), "--resume"])
+    torch.set_num_threads(threads)
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "crashed" / "model.safetensors")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    assert (json.loads((tmp_path / "straight" / "results.json").read_text(encoding="utf-8"))
+            == json.loads((tmp_path / "crashed" / "results.json").read_text(encoding="utf-8")))
+
+
+def test_vilt_without_pretraining_and_a_carved_dev_split(demo_set, tmp_path):
+    finetune.main(["--train", demo_set["vqa_train"], "--dev-size", "30", "--images", demo_set["images"],
+                   "--tokenizer", demo_set["tokenizer"], "--arch", "vilt", *TRAINING_FLAGS, "--steps", "2",
+                   "--out", str(tmp_path / "vilt")])
+    results = json.loads((tmp_path / "vilt" / "results.json").read_text(encoding="utf-8"))
+    assert results["overall"]["n"] >= 30
+    state = json.loads((tmp_path / "vilt" / "training_state.json").read_text(encoding="utf-8"))
+    assert state["args"]["arch"] == "vilt"
+
+
+def test_vqa_loss_is_bce_times_answers_and_accumulates(finetuned, demo_set):
+    answerer = predict.Answerer(str(finetuned))
+    model = answerer.model.eval()
+    entries = data.read_vqa(demo_set["vqa_train"], demo_set["images"])[:8]
+    dataset = data.VqaDataset(entries, answerer.answers, model.cfg.image_size)
+    batch = data.collate_vqa([dataset[index] for index in range(8)], answerer.tokenizer, 16)
+    losses = finetune.vqa_losses(model, batch)
+    logits = model.vqa_head(model(batch["pixels"], batch["input_ids"], batch["attention_mask"])["cls_feats"])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["targets"]) * len(answerer.answers)
+    torch.testing.assert_close(losses["loss"], expected)
+    halves = [{key: value[start:start + 4] for key, value in batch.items()} for start in (0, 4)]
+    total = sum(finetune.vqa_losses(model, half, 8)["loss"] for half in halves)
+    torch.testing.assert_close(total, expected)
+
+
+def test_finetune_parameter_groups_give_heads_fifty_times():
+    model = build_model(dataclasses.replace(CONFIGS["tiny"], num_answers=5))
+    optimizer = pretrain.build_optimizer(model, 5e-6, finetune.FINETUNE_LR_MULTIPLIERS)
+    rates = {group["part"]: group["lr"] for group in optimizer.param_groups}
+    assert rates == pytest.approx({"vision": 5e-6, "text": 5e-6, "fusion": 2.5e-5, "heads": 2.5e-4})
+
+
+def test_predict_one_question(finetuned, demo_set, capsys):
+    entry = data.read_vqa(demo_set["vqa_dev"], demo_set["images"])[0]
+    predict.main(["--ckpt", str(finetuned), "--image", entry["image"], "--question", entry["question"], "--top", "3"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    answers = json.loads((finetuned / "answers.json").read_text(encoding="utf-8"))
+    for line in lines:
+        probability, answer = line.split(None, 1)
+        assert 0 <= float(probability) <= 1 and answer in answers
+
+
+def test_predict_reports_bad_input_in_one_line(finetuned, demo_set, tmp_path):
+    entry = data.read_vqa(demo_set["vqa_dev"], demo_set["images"])[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    for image, question, expected in [(str(tmp_path / "missing.jpg"), "몇 개인가요?", "image not found"),
+                                      (str(broken), "몇 개인가요?", "unreadable image"),
+                                      (entry["image"], "  ", "question is empty")]:
+        with pytest.raises(SystemExit) as stop:
+            predict.main(["--ckpt", str(finetuned / "model.safetensors"), "--image", image, "--question", question])
+        message = str(stop.value.code)
+        assert message.startswith("error: ") and expected in message and "\n" not in message
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--ckpt", str(tmp_path), "--image", entry["image"], "--question", "몇 개인가요?"])
+    assert str(stop.value.code).startswith("error: ") and "checkpoint not found" in str(stop.value.code)
+
+
+def test_predict_a_questions_file(finetuned, demo_set, tmp_path, capsys):
+    entries = data.read_vqa(demo_set["vqa_dev"], demo_set["images"])[:3]
+    questions = tmp_path / "questions.jsonl"
+    records = [{"image": os.path.relpath(entry["image"], demo_set["images"]), "question": entry["question"],
+                "question_id": entry["question_id"]} for entry in entries]
+    records.append({"image": "missing.jpg", "question": "몇 개인가요?", "question_id": "bad"})
+    questions.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    predict.main(["--ckpt", str(finetuned), "--questions", str(questions), "--images", demo_set["images"],
+                  "--out", str(out), "--batch", "2"])
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [row["question_id"] for row in rows] == [record["question_id"] for record in records]
+    assert all("prediction" in row and len(row["top"]) == 5 for row in rows[:3])
+    assert "error" in rows[3] and "prediction" not in rows[3]
+    captured = capsys.readouterr()
+    assert "1 with errors" in captured.out and captured.err.count("error: ") == 1
+
+
+def test_demo_tables(capsys):
+    def result(accuracy):
+        by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1} for answer_type in data.ANSWER_TYPES}
+        history = [{"step": step, "accuracy": accuracy, "vqa_score": accuracy} for step in (10, 20, 30)]
+        return {"steps": 30, "overall": {"accuracy": accuracy, "vqa_score": accuracy, "n": 4}, "by_type": by_type,
+                "history": history}
+
+    finetune.print_demo_tables({"with pretraining": result(0.6), "without pretraining": result(0.5),
+                                "ViLT without pretraining": result(0.4)})
+    printed = capsys.readouterr().out
+    assert "0.6000" in printed and "50.00" in printed and "40.00" in printed and "숫자" in printed
+
+
+def test_finetune_help_documents_its_flags(capsys):
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--help"])
+    printed = capsys.readouterr().out
+    for flag in ["--train", "--dev", "--dev-size", "--images", "--tokenizer", "--pretrained", "--clip", "--text",
+                 "--arch", "--answers", "--augment", "--batch", "--micro-batch", "--eval-every", "--resume", "--demo"]:
+        assert flag in printed
