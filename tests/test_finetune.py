@@ -6,6 +6,7 @@ JSONL file and reports bad input in one line."""
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -126,8 +127,8 @@ def test_finetune_parameter_groups_give_heads_fifty_times():
 def test_predict_one_question(finetuned, demo_set, capsys):
     entry = data.read_vqa(demo_set["vqa_dev"], demo_set["images"])[0]
     predict.main(["--ckpt", str(finetuned), "--image", entry["image"], "--question", entry["question"], "--top", "3"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3
+    *lines, timing = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and re.fullmatch(r"\(\d+ ms\)", timing)
     answers = json.loads((finetuned / "answers.json").read_text(encoding="utf-8"))
     for line in lines:
         probability, answer = line.split(None, 1)
