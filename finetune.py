@@ -45,7 +45,6 @@ import unicodedata
 from collections import Counter
 
 import torch
-import torch.distributed as distributed
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -421,16 +420,10 @@ def print_demo_tables(results):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    try:
-        if args.demo and not (args.pretrained or args.arch != "meter" or args.resume):
-            run_demo(args, argv)  # plain --demo: the three runs and the tables
-        else:
-            train(args)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
-    finally:
-        if distributed.is_initialized():
-            distributed.destroy_process_group()
+    if args.demo and not (args.pretrained or args.arch != "meter" or args.resume):
+        pretrain.run_command(lambda: run_demo(args, argv))  # plain --demo: the three runs and the tables
+    else:
+        pretrain.run_command(lambda: train(args))
 
 
 if __name__ == "__main__":

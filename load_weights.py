@@ -439,8 +439,13 @@ def convert(source, target):
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(f"{source}: refused, loading it would run code from the file (only tensors and "
-                         f"plain containers are accepted): {str(error).splitlines()[0]}") from None
+        message = str(error)
+        global_name = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        if global_name or "allowed global" in message:
+            what = global_name.group(1) if global_name else "a Python object"
+            raise ValueError(f"{source}: refused, loading it would run code from the file ({what}); only tensors "
+                             f"and plain containers are accepted") from None
+        raise ValueError(f"{source}: not a PyTorch checkpoint (unreadable pickle)") from None
     except (RuntimeError, EOFError) as error:
         raise ValueError(f"{source}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None

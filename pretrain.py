@@ -139,9 +139,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", help="image root the caption file's paths are relative to")
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
     parser.add_argument("--clip", help="CLIP ViT-B/16 safetensors for the image encoder (default: random)")
+    parser.add_argument("--text", help="KLUE RoBERTa safetensors for the text encoder (default: random)")
     parser.add_argument("--arch", choices=["meter", "vilt"], default="meter",
                         help="Ko-METER (two streams + co-attention) or the ViLT single-stream baseline (default: meter)")
-    parser.add_argument("--text", help="KLUE RoBERTa safetensors for the text encoder (default: random)")
     add_training_flags(parser, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
     args = fill_defaults(parser.parse_args(argv), PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
     if not args.demo:
@@ -818,15 +818,20 @@ def train(args):
     return model
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run_command(command):
+    """Run a training command: expected bad input ends it with one line, and processes are released."""
     try:
-        train(args)
+        command()
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     finally:
         if distributed.is_initialized():
             distributed.destroy_process_group()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_command(lambda: train(args))
 
 
 if __name__ == "__main__":

@@ -521,7 +521,7 @@ def test_vqa_dataset_targets_and_augmentation(tokenizer, tmp_path):
 def test_demo_is_deterministic_readable_and_reused(tmp_path):
     sizes = {"caption_images": 12, "vqa_train_images": 8, "vqa_dev_images": 4}
     first = data.make_demo(tmp_path / "one", seed=5, **sizes)
-    second = data.make_demo(tmp_path / "two", seed=5, **sizes)
+    data.make_demo(tmp_path / "two", seed=5, **sizes)
     files_one = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*") if path.is_file())
     files_two = sorted(path.relative_to(tmp_path / "two") for path in (tmp_path / "two").rglob("*") if path.is_file())
     assert files_one == files_two and len(files_one) == 12 + 8 + 4 + 5
