@@ -430,8 +430,10 @@ def optimizer_tensors(optimizer):
 
 def load_optimizer_tensors(optimizer, tensors, path):
     """Inverse of `optimizer_tensors`. A parameter without saved state never had a gradient (the MLM
-    and ITM heads while fine-tuning VQA) and stays without; the step count stays on the CPU."""
+    and ITM heads while fine-tuning VQA) and stays without. The step count goes where torch's own
+    load_state_dict puts it: beside the parameter for the fused AdamW, on the CPU otherwise."""
     names = {name for group in optimizer.param_groups for name in group["names"]}
+    step_on_device = optimizer.defaults.get("fused") or optimizer.defaults.get("capturable")
     unknown = sorted({key.rpartition(".")[0] for key in tensors} - names)
     if unknown:
         raise ValueError(f"{path}: optimizer state for parameters the model lacks: {', '.join(unknown[:3])}")
@@ -441,7 +443,8 @@ def load_optimizer_tensors(optimizer, tensors, path):
             if not keys:
                 continue
             optimizer.state[parameter] = {
-                key.rpartition(".")[2]: tensors[key] if key.endswith(".step") else tensors[key].to(parameter.device)
+                key.rpartition(".")[2]: tensors[key] if key.endswith(".step") and not step_on_device
+                else tensors[key].to(parameter.device)
                 for key in keys
             }
 
