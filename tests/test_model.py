@@ -5,6 +5,7 @@ real key layouts (SPEC §2, §7), plus the attention fast path and dropout place
     python -m pytest -q tests/test_model.py
 """
 
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from load_weights import load_clip, load_meter, load_text
-from model import CONFIGS, Attention, ClipVision, RobertaText, build_model
+from model import CONFIGS, Attention, ClipVision, RobertaText, build_model, compile_layers
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test-only oracle; "
                                    "pip install transformers to run the parity tests")
@@ -254,3 +255,21 @@ def test_parts_cover_every_parameter_and_no_decay_rules():
     assert model.no_weight_decay("vqa_head.norm.weight") and model.no_weight_decay("mlm_head.bias")
     assert not model.no_weight_decay("text.embeddings.word.weight")
     assert not model.no_weight_decay("text_layers.0.self_attention.query.weight")
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_layers_match_eager():
+    torch.manual_seed(0)
+    cfg = replace(CFG, vision_layers=1, text_layers=1, fusion_layers=1)  # one layer of each kind: a short compile
+    eager = build_model(cfg).eval()
+    compiled = build_model(cfg).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compile_layers(compiled)
+    pixels, input_ids, attention_mask = pixels_and_text()
+    with torch.no_grad():
+        expected, ours = eager(pixels, input_ids, attention_mask), compiled(pixels, input_ids, attention_mask)
+    for name in expected:
+        difference = (ours[name] - expected[name]).abs().max().item()
+        print(f"compiled {name} max abs difference {difference:.2e}")
+        assert difference <= TOLERANCE, name
