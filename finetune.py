@@ -33,7 +33,6 @@ first given on a tie); a dev question whose answers are all outside the vocabula
 """
 
 import argparse
-import dataclasses
 import functools
 import json
 import math
@@ -50,8 +49,8 @@ from tqdm import tqdm
 
 import data
 import pretrain
-from load_weights import initialise_encoders, load_meter, save_model
-from model import CONFIGS, build_model, compile_layers
+from load_weights import load_meter, save_model
+from model import compile_layers
 
 FINETUNE_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 5.0, "heads": 50.0}
 FINETUNE_DEFAULTS = {
@@ -86,10 +85,7 @@ def parse_args(argv=None):
     parser.add_argument("--images", help="image root the label files' paths are relative to")
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
     parser.add_argument("--pretrained", help="Ko-METER checkpoint (file or pretraining output folder) to start from")
-    parser.add_argument("--clip", help="without --pretrained: CLIP ViT-B/16 safetensors for the image encoder")
-    parser.add_argument("--text", help="without --pretrained: KLUE RoBERTa safetensors for the text encoder")
-    parser.add_argument("--arch", choices=["meter", "vilt"], default="meter",
-                        help="without --pretrained: Ko-METER (two streams) or the ViLT baseline (default: meter)")
+    pretrain.add_encoder_flags(parser, "without --pretrained: ")
     parser.add_argument("--answers", type=int, default=3811,
                         help="answer classes: the most frequent training answers (default: 3811, the paper's)")
     parser.add_argument("--augment", choices=sorted(AUGMENT_OPERATIONS),
@@ -180,28 +176,13 @@ def resolve_pretrained(path):
 
 def build_finetune_model(args, tokenizer, num_answers, rank):
     """From --pretrained (its config; new VQA head), or a fresh model with CLIP/KLUE or random encoders."""
-    torch.manual_seed(args.seed)
     if args.pretrained:
+        torch.manual_seed(args.seed)
         model = load_meter(resolve_pretrained(args.pretrained), image_size=args.image_size,
                            num_answers=num_answers, verbose=rank == 0)
     else:
-        config = CONFIGS[args.config]
-        vocab_size = pretrain.text_embedding_rows(args.text) if args.text else tokenizer.vocab_size
-        config = dataclasses.replace(config, arch=args.arch, vocab_size=vocab_size, num_answers=num_answers,
-                                     image_size=args.image_size or config.image_size)
-        model = build_model(config)
-        if args.clip or args.text:
-            initialise_encoders(model, clip_path=args.clip, text_path=args.text, verbose=rank == 0)
-        for flag, path, encoder in [("--clip", args.clip, "image"), ("--text", args.text, "text")]:
-            if path is None and rank == 0:
-                print(f"warning: no --pretrained and no {flag}: the {encoder} encoder starts from random weights",
-                      file=sys.stderr)
-    if model.cfg.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"{args.tokenizer}: tokenizer vocabulary of {tokenizer.vocab_size} does not fit the "
-                         f"{model.cfg.vocab_size} word embeddings of the model")
-    if args.max_len > model.cfg.max_positions - 2:
-        raise ValueError(f"--max-len {args.max_len} exceeds the {model.cfg.max_positions - 2} text positions of the model")
-    args.image_size = model.cfg.image_size
+        model = pretrain.build_fresh_model(args, tokenizer, rank, num_answers)
+    pretrain.check_model_fits(model, tokenizer, args)
     return model
 
 

@@ -354,17 +354,9 @@ def initialise_encoders(model: torch.nn.Module, clip_path=None, text_path=None, 
         if model.cfg.arch == "meter":
             load_clip(model.vision, clip_path, verbose)
         else:  # ViLT: CLIP's patch embedding, its blocks as the single stream, ln_post as the final norm
-            state, metadata = read_safetensors(clip_path)
-            layout, prefix = detect_layout(state, metadata)
-            if not layout.startswith("clip"):
-                raise ValueError(f"{clip_path}: expected a CLIP checkpoint, found a {layout} checkpoint")
-            # a view of the CLIP-shaped parts under ClipVision's names, so that CLIP's table applies as it is
-            clip_parts = torch.nn.ModuleDict({"embeddings": model.vision, "blocks": model.blocks,
-                                              "post_norm": model.norm})
-            table = clip_table(layout.removeprefix("clip-"), prefix, model.cfg.vilt_layers)
-            report = apply_table(clip_parts, state, table, clip_path, layout)
-            if verbose:
-                print(report.summary())
+            # a view of those parts under ClipVision's names, so that load_clip applies as it is
+            load_clip(torch.nn.ModuleDict({"embeddings": model.vision, "blocks": model.blocks,
+                                           "post_norm": model.norm}), clip_path, verbose)
     if text_path is not None:
         load_text(model.text, text_path, verbose)
 

@@ -121,6 +121,14 @@ def add_training_flags(parser, defaults, demo_defaults):
                         help="stop when more than this share of the entries is unusable (default: 0.05)")
 
 
+def add_encoder_flags(parser, condition=""):
+    """--clip, --text and --arch: the fresh model that `build_fresh_model` makes."""
+    parser.add_argument("--clip", help=f"{condition}CLIP ViT-B/16 safetensors for the image encoder (default: random)")
+    parser.add_argument("--text", help=f"{condition}KLUE RoBERTa safetensors for the text encoder (default: random)")
+    parser.add_argument("--arch", choices=["meter", "vilt"], default="meter", help=f"{condition}Ko-METER (two "
+                        "streams + co-attention) or the ViLT single-stream baseline (default: meter)")
+
+
 def fill_defaults(args, defaults, demo_defaults):
     """Give every flag left unset its default, the demo's when --demo is set."""
     chosen = demo_defaults if args.demo else defaults
@@ -138,10 +146,7 @@ def parse_args(argv=None):
     parser.add_argument("--captions", help="captions: AIHub Korean MSCOCO JSON or JSONL {image, caption}")
     parser.add_argument("--images", help="image root the caption file's paths are relative to")
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
-    parser.add_argument("--clip", help="CLIP ViT-B/16 safetensors for the image encoder (default: random)")
-    parser.add_argument("--text", help="KLUE RoBERTa safetensors for the text encoder (default: random)")
-    parser.add_argument("--arch", choices=["meter", "vilt"], default="meter",
-                        help="Ko-METER (two streams + co-attention) or the ViLT single-stream baseline (default: meter)")
+    add_encoder_flags(parser)
     add_training_flags(parser, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
     args = fill_defaults(parser.parse_args(argv), PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
     if not args.demo:
@@ -637,9 +642,9 @@ def text_embedding_rows(text_path):
     raise ValueError(f"{text_path}: no word_embeddings.weight, not a RoBERTa checkpoint")
 
 
-def build_pretrain_model(args, tokenizer, rank):
-    """Tiny/base model from the flags; encoders from --clip/--text when given, else random (warned)."""
-    config = CONFIGS[args.config]
+def build_fresh_model(args, tokenizer, rank, num_answers=0):
+    """A --config / --arch model; its encoders from --clip/--text when given, else random (warned).
+    A tokenizer whose vocabulary does not fit the --text encoder is refused before anything is built."""
     vocab_size = tokenizer.vocab_size
     if args.text:
         if not os.path.exists(args.text):
@@ -648,19 +653,27 @@ def build_pretrain_model(args, tokenizer, rank):
         if vocab_size != tokenizer.vocab_size:
             raise ValueError(f"{args.tokenizer}: tokenizer vocabulary of {tokenizer.vocab_size} does not fit the "
                              f"{vocab_size} word embeddings of {args.text}")
-    config = dataclasses.replace(config, arch=args.arch, vocab_size=vocab_size,
+    config = CONFIGS[args.config]
+    config = dataclasses.replace(config, arch=args.arch, vocab_size=vocab_size, num_answers=num_answers,
                                  image_size=args.image_size or config.image_size)
-    args.image_size = config.image_size
-    if args.max_len > config.max_positions - 2:
-        raise ValueError(f"--max-len {args.max_len} exceeds the {config.max_positions - 2} text positions of the model")
     torch.manual_seed(args.seed)
     model = build_model(config)
     if args.clip or args.text:
-        initialise_encoders(model, clip_path=args.clip, text_path=args.text)
+        initialise_encoders(model, clip_path=args.clip, text_path=args.text, verbose=rank == 0)
     for flag, path, encoder in [("--clip", args.clip, "image"), ("--text", args.text, "text")]:
         if path is None and rank == 0:
             print(f"warning: no {flag}: the {encoder} encoder starts from random weights", file=sys.stderr)
     return model
+
+
+def check_model_fits(model, tokenizer, args):
+    """Refuse a tokenizer or a text length the model cannot take; --image-size becomes the model's."""
+    if model.cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{args.tokenizer}: tokenizer vocabulary of {tokenizer.vocab_size} does not fit the "
+                         f"{model.cfg.vocab_size} word embeddings of the model")
+    if args.max_len > model.cfg.max_positions - 2:
+        raise ValueError(f"--max-len {args.max_len} exceeds the {model.cfg.max_positions - 2} text positions of the model")
+    args.image_size = model.cfg.image_size
 
 
 def split_held_out(entries, seed):
@@ -724,7 +737,8 @@ def train(args):
     train_entries, held_out_entries = split_held_out(entries, args.seed)
     say(rank, f"captions: {len(train_entries)} for training, {len(held_out_entries)} held out, "
               f"{len(bad_entries)} unusable skipped")
-    model = build_pretrain_model(args, tokenizer, rank)
+    model = build_fresh_model(args, tokenizer, rank)
+    check_model_fits(model, tokenizer, args)
     model.to(device)
     collate = functools.partial(data.collate_captions, tokenizer=tokenizer, max_len=args.max_len)
     held_out_loader = torch.utils.data.DataLoader(
