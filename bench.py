@@ -15,18 +15,21 @@ CUDA the projected wall time of the paper's 256 x 40,000 pretraining run.
 
 import argparse
 import contextlib
+import os
 import resource
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
+from PIL import Image
 
 import data
-from model import CONFIGS, build_model, compile_layers
-from pretrain import PRETRAIN_LR_MULTIPLIERS, build_optimizer, pretrain_losses, pretrain_losses_two_pass
-
-MASK_ID = 4  # KLUE's [MASK]; ids 0..4 are the special tokens
+from model import CONFIGS, build_model, build_optimizer, compile_layers
+from pretrain import (PRETRAIN_LR_MULTIPLIERS, add_pretrain_targets, objective_means, pretrain_losses,
+                      pretrain_losses_two_pass)
 
 
 # -----------------------------------------------------------------------------
@@ -98,27 +101,67 @@ def peak_memory_gib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB; whole process
 
 
-def synthetic_batch(cfg, batch_size, text_tokens, device, seed=0):
-    """Random pixels and full-length texts, 15% of the tokens masked, half of the images swapped."""
+def synthetic_tokenizer(vocab_size, folder):
+    """A WordPiece tokenizer of vocab_size made-up pieces after KLUE's five special tokens."""
+    path = os.path.join(folder, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as file:
+        file.writelines(f"{token}\n" for token in [*data.SPECIAL_TOKENS, *(f"p{index}" for index in
+                                                                           range(vocab_size - len(data.SPECIAL_TOKENS)))])
+    return data.Tokenizer.load(path)
+
+
+def synthetic_batch(cfg, batch_size, text_tokens, device, tokenizer, seed=0):
+    """Random pixels and full-length texts of random pieces; MLM masks and ITM pairs drawn as in training."""
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, cfg.vocab_size, (batch_size, text_tokens), generator=generator)
-    input_ids[:, 0], input_ids[:, -1] = 0, 2  # [CLS] ... [SEP]
-    chosen = torch.rand(batch_size, text_tokens, generator=generator) < 0.15
-    chosen[:, 0] = chosen[:, -1] = False
-    chosen[:, 1] = True  # at least one masked token per text
-    image_index = torch.arange(batch_size)
-    swapped = torch.randperm(batch_size, generator=generator)[: batch_size // 2]
-    image_index[swapped] = image_index[swapped.roll(1)] if len(swapped) > 1 else (swapped + 1) % batch_size
-    batch = {
-        "pixels": torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=generator),
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "masked_ids": torch.where(chosen, MASK_ID, input_ids),
-        "mlm_labels": torch.where(chosen, input_ids, -100),
-        "image_index": image_index,
-        "itm_labels": (image_index == torch.arange(batch_size)).long(),
-    }
-    return {name: value.to(device) for name, value in batch.items()}
+    input_ids = torch.randint(len(data.SPECIAL_TOKENS), cfg.vocab_size, (batch_size, text_tokens), generator=generator)
+    input_ids[:, 0], input_ids[:, -1] = tokenizer.cls_id, tokenizer.sep_id
+    batch = {"pixels": torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=generator),
+             "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "image_ids": list(range(batch_size))}
+    batch = add_pretrain_targets(batch, tokenizer, generator)
+    return {name: value.to(device) for name, value in batch.items() if torch.is_tensor(value)}
+
+
+# -----------------------------------------------------------------------------
+# Data loading: the straightforward Pillow path against data.load_image.
+
+def naive_load(path, size):
+    """The straightforward path: full decode, resize, crop, then normalise in separate steps."""
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, int(width * scale)), max(size, int(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0      # [3, S, S]
+    return (pixels - torch.tensor(data.CLIP_MEAN).view(3, 1, 1)) / torch.tensor(data.CLIP_STD).view(3, 1, 1)
+
+
+def bench_loading(num_images=100, size=224, seed=0, photo_size=(640, 480)):
+    """Images/s of one worker, JPEG photos (COCO-sized 640x480 by default, made in a temporary
+    folder) -> [3, size, size]; naive path vs load_image. Returns a dict of the numbers."""
+    rng = np.random.default_rng(seed)
+    results = {"num_images": num_images, "size": size, "photo": f"{photo_size[0]}x{photo_size[1]}"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for index in range(num_images):
+            coarse = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+            coarse = coarse.resize(photo_size, Image.Resampling.BICUBIC)       # smooth regions
+            grain = rng.normal(0, 10, (photo_size[1], photo_size[0], 3))      # and texture
+            photo = Image.fromarray(np.clip(np.asarray(coarse) + grain, 0, 255).astype(np.uint8))
+            paths.append(os.path.join(folder, f"photo_{index:04d}.jpg"))
+            photo.save(paths[-1], quality=90)
+        for name, load in (("naive", naive_load), ("project", data.load_image)):
+            load(paths[0], size)
+            start = time.perf_counter()
+            for path in paths:
+                load(path, size)
+            results[f"{name}_images_per_s"] = num_images / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    results["speedup"] = results["project_images_per_s"] / results["naive_images_per_s"]
+    return results
 
 
 def rate(value):
@@ -134,7 +177,7 @@ def autocast(device, dtype):
 
 # -----------------------------------------------------------------------------
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description="Speed of the Ko-METER pretraining step, VQA inference "
                                                  "and data loading, on synthetic inputs.")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="model size (default tiny)")
@@ -149,7 +192,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 10 CUDA, 3 CPU)")
     parser.add_argument("--vqa-batch", type=int, default=None, help="large VQA inference batch (default 64/256)")
     parser.add_argument("--skip-data", action="store_true", help="do not measure image loading")
-    args = parser.parse_args()
+    parser.add_argument("--data", action="store_true", help="measure image loading only: one worker, naive "
+                        "Pillow path against data.load_image")
+    parser.add_argument("--num-images", type=int, default=100, help="with --data: JPEGs to make and load (default 100)")
+    parser.add_argument("--photo-size", default="640x480", help="with --data: size of the test JPEGs (default 640x480)")
+    args = parser.parse_args(argv)
+    if args.data:
+        photo_size = tuple(int(side) for side in args.photo_size.split("x"))
+        size = args.image_size or 224  # the paper's pretraining size, whatever --config
+        for name, value in bench_loading(args.num_images, size, photo_size=photo_size).items():
+            print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}")
+        return
 
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -168,7 +221,8 @@ def main():
     if args.compile:
         compile_layers(model)
     optimizer = build_optimizer(model, 1e-5, PRETRAIN_LR_MULTIPLIERS)
-    batch = synthetic_batch(cfg, batch_size, args.max_len, device)
+    tokenizer = synthetic_tokenizer(cfg.vocab_size, tempfile.mkdtemp())
+    batch = synthetic_batch(cfg, batch_size, args.max_len, device, tokenizer)
     masked_tokens = (batch["mlm_labels"] != -100).sum().item() / batch_size
 
     def step(losses_function):
@@ -183,8 +237,9 @@ def main():
     # identical losses: both ways on the same weights, without dropout and in fp32
     model.eval()
     with torch.no_grad():
-        ours, meters = pretrain_losses(model, batch), pretrain_losses_two_pass(model, batch)
-    loss_difference = max(abs(ours[name].item() - meters[name].item()) for name in ("mlm_loss", "itm_loss"))
+        ours = objective_means(pretrain_losses(model, batch))
+        meters = objective_means(pretrain_losses_two_pass(model, batch))
+    loss_difference = max(abs(ours[name] - meters[name]) for name in ("mlm_loss", "itm_loss"))
     model.train()
 
     print(f"Ko-METER bench: config {args.config}, batch {batch_size}, image {cfg.image_size} px, "
@@ -219,7 +274,7 @@ def main():
     vqa_model = build_model(replace(cfg, num_answers=3811)).to(device).eval()
     large = args.vqa_batch or (256 if on_cuda else 64)
     for size in (1, large):
-        inputs = synthetic_batch(cfg, size, 16, device)
+        inputs = synthetic_batch(cfg, size, 16, device, tokenizer)
 
         def answer():
             with torch.no_grad(), autocast(device, dtype):
@@ -230,7 +285,7 @@ def main():
                      f"{vqa_seconds * 1e3:,.1f} ms/batch", ""))
 
     if not args.skip_data:
-        loading = data.bench_loading(size=cfg.image_size)
+        loading = bench_loading(size=cfg.image_size)
         rows.append(("data loading, one worker (640x480 JPEG)",
                      f"{loading['project_images_per_s']:,.0f} images/s",
                      f"naive Pillow {loading['naive_images_per_s']:,.0f} images/s",

@@ -6,8 +6,7 @@ Ko-METER: a Korean dual-stream vision-language model, written from plain tensor 
     text  -> KLUE RoBERTa-base               -> Linear -> + modality row 0 --+      -> 2 poolers -> cls_feats [B, 1536]
 
 Follows METER (Dou et al., CVPR 2022, "An Empirical Study of Training End-to-End Vision-and-Language
-Transformers", §3: co-attention fusion) as adapted for Korean by Ko-METER (KCC 2022), and
-../shared/SPEC.md §2. Read it top to bottom: configs, attention, the CLIP vision encoder, the KLUE
+Transformers", §3: co-attention fusion) as adapted for Korean by Ko-METER (KCC 2022). Read it top to bottom: configs, attention, the CLIP vision encoder, the KLUE
 RoBERTa text encoder, the co-attention layer, the full model with its poolers and heads, and the
 ViLT single-stream baseline (Kim et al., ICML 2021) used for the paper's comparison.
 
@@ -16,12 +15,14 @@ Weights of the real checkpoints are loaded by load_weights.py; this file only de
     python model.py        # parameter count per part of the base model, then a tiny forward pass on CPU
 """
 
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 # -----------------------------------------------------------------------------
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 @dataclass
 class MeterConfig:
-    arch: str = "meter"            # "meter": two streams + co-attention; "vilt": one stream (SPEC §2.6)
+    arch: str = "meter"            # "meter": two streams + co-attention; "vilt": one stream (ViLT, Kim et al. 2021)
     # vision encoder: CLIP ViT-B/16
     image_size: int = 224          # input side in pixels; position rows are resized when a checkpoint differs
     patch_size: int = 16           # each patch_size x patch_size square of pixels becomes one token
@@ -205,7 +206,7 @@ class TextEmbeddings(nn.Module):
 
 class PostNormLayer(nn.Module):
     """A BERT layer, LN(x + sublayer(x)); with `cross_attention=True` it is METER's co-attention layer:
-    self-attention, then attention to the other stream, then the feed-forward network (SPEC §2.4)."""
+    self-attention, then attention to the other stream, then the feed-forward network (METER §3.2, Fig. 3)."""
 
     def __init__(self, width, num_heads, ffn_width, eps, dropout, cross_attention=False, fast=True):
         super().__init__()
@@ -320,7 +321,7 @@ def no_weight_decay(param_name: str) -> bool:
 
 
 # -----------------------------------------------------------------------------
-# Ko-METER: two encoders, co-attention fusion, poolers and heads (SPEC §2.4, §2.5).
+# Ko-METER: two encoders, co-attention fusion, poolers and heads (METER §3.2 and §4).
 
 class Meter(nn.Module):
     def __init__(self, cfg: MeterConfig):
@@ -366,7 +367,7 @@ class Meter(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# ViLT baseline (SPEC §2.6): text and image tokens in one sequence through one stack of pre-LN blocks.
+# ViLT baseline (Kim et al., ICML 2021, §3): text and image tokens in one sequence through one stack of pre-LN blocks.
 # The blocks are CLIP's (QuickGELU, eps 1e-5) so that they can start from the same checkpoint, and the
 # text embeddings are KLUE's: the comparison with Ko-METER then isolates the architecture.
 
@@ -423,12 +424,52 @@ def compile_layers(model: nn.Module):
             module.compile()
 
 
+def recompute_layers(model: nn.Module):
+    """Trade compute for memory: every transformer layer keeps only its input for the backward pass and runs
+    its forward again there (torch.utils.checkpoint, non-reentrant, dropout replayed with the same random
+    state, so the gradients are the same). Lets large micro-batches fit at 384 and 576 px."""
+    for module in model.modules():
+        if isinstance(module, (PreNormBlock, PostNormLayer)):
+            module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     counts = {"vision": 0, "text": 0, "fusion": 0, "heads": 0}
     for name, param in model.named_parameters():
         counts[model.part_of(name)] += param.numel()
     counts["total"] = sum(counts.values())
     return counts
+
+
+# -----------------------------------------------------------------------------
+# Optimiser: AdamW with METER's parameter groups (nanoGPT keeps its configure_optimizers here too).
+
+ADAMW_BETAS = (0.9, 0.98)  # METER's betas; beta2 0.98 rather than 0.999 steadies early transformer training
+ADAMW_EPS = 1e-8
+WEIGHT_DECAY = 0.01
+
+
+def build_optimizer(model: nn.Module, base_lr: float, lr_multipliers: dict[str, float],
+                    weight_decay: float = WEIGHT_DECAY) -> torch.optim.AdamW:
+    """AdamW with one parameter group per (part, decays or not): the encoders learn at the base lr and the
+    new fusion and heads at multiples of it (METER §4: 5x fusion, 5x heads in pretraining, 50x for VQA).
+
+    Each group keeps its parameter names (the optimizer state is saved by name) and its lr_multiplier:
+    the training loops set group["lr"] = schedule(step) * group["lr_multiplier"] by hand every step."""
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        part, decays = model.part_of(name), not model.no_weight_decay(name)
+        if (part, decays) not in groups:
+            groups[(part, decays)] = {"params": [], "names": [], "part": part,
+                                      "weight_decay": weight_decay if decays else 0.0,
+                                      "lr_multiplier": lr_multipliers[part], "lr": base_lr * lr_multipliers[part]}
+        groups[(part, decays)]["params"].append(parameter)
+        groups[(part, decays)]["names"].append(name)
+    # fused: one kernel updates every parameter; the update of a few hundred million parameters is
+    # memory-bound, and the default per-tensor loop reads and writes them several times (6x slower on CPU)
+    return torch.optim.AdamW(list(groups.values()), lr=base_lr, betas=ADAMW_BETAS, eps=ADAMW_EPS, fused=True)
 
 
 if __name__ == "__main__":

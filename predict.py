@@ -1,4 +1,4 @@
-"""Answer Korean questions about images with a fine-tuned Ko-METER (or ViLT) checkpoint (SPEC §5, §7).
+"""Answer Korean questions about images with a fine-tuned Ko-METER (or ViLT) checkpoint.
 
 --ckpt takes finetune.py's output folder (or its best/ folder) or a model.safetensors file; the answer
 vocabulary (answers.json) and the tokenizer (tokenizer.json or vocab.txt) are read from beside it.
@@ -17,7 +17,6 @@ image, empty question), which is also reported on stderr.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,7 +24,9 @@ import time
 import torch
 from safetensors import safe_open
 
+import checkpoints
 import data
+import formats
 from load_weights import load_meter
 
 DEFAULT_MAX_LEN = 40
@@ -35,15 +36,12 @@ class Answerer:
     """A loaded checkpoint: model, tokenizer, answer vocabulary; answers batches of (image, question)."""
 
     def __init__(self, checkpoint, device="cpu"):
-        model_path = os.path.join(checkpoint, "model.safetensors") if os.path.isdir(checkpoint) else checkpoint
-        if not os.path.isfile(model_path):
-            raise FileNotFoundError(f"{model_path}: checkpoint not found")
+        model_path = checkpoints.resolve_checkpoint(checkpoint)
         folder = os.path.dirname(os.path.abspath(model_path))
         answers_path = os.path.join(folder, "answers.json")
         if not os.path.isfile(answers_path):
             raise FileNotFoundError(f"{answers_path}: answer vocabulary not found beside the checkpoint")
-        with open(answers_path, encoding="utf-8") as file:
-            self.answers = json.load(file)
+        self.answers = checkpoints.read_json(answers_path)
         self.tokenizer = data.Tokenizer.load(folder)
         with safe_open(model_path, "pt") as file:
             self.max_len = int(file.metadata().get("max_len", DEFAULT_MAX_LEN))
@@ -61,7 +59,7 @@ class Answerer:
                 raise ValueError(f"{image_path}: the question is empty")
             if not os.path.isfile(image_path):
                 raise FileNotFoundError(f"{image_path}: image not found")
-            problem = data.image_problem(image_path)
+            problem = formats.image_problem(image_path)
             if problem:
                 raise ValueError(f"{image_path}: {problem}")
         size = self.model.cfg.image_size
@@ -78,14 +76,7 @@ def answer_file(answerer, questions_path, images_root, out_path, batch_size, top
     """Answer every line of a JSONL file in batches; a bad line gets an "error" and a stderr line."""
     if not os.path.isfile(questions_path):
         raise FileNotFoundError(f"{questions_path}: questions file not found")
-    with open(questions_path, encoding="utf-8") as file:
-        records = []
-        for line_number, line in enumerate(file, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{questions_path}: line {line_number} is not valid JSON ({error})") from None
+    records = formats.read_json_or_jsonl(questions_path)
     rows, errors = [], 0
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
@@ -108,11 +99,7 @@ def answer_file(answerer, questions_path, images_root, out_path, batch_size, top
             else:
                 rows.append({**record, "prediction": result[0][0],
                              "top": [[answer, round(probability, 4)] for answer, probability in result]})
-    temporary = f"{out_path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(temporary, out_path)
+    checkpoints.write_jsonl(out_path, rows)
     return len(rows), errors
 
 

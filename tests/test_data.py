@@ -19,7 +19,10 @@ from PIL import Image
 from tokenizers import normalizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bench  # noqa: E402
 import data  # noqa: E402
+import demo  # noqa: E402
+import formats  # noqa: E402
 
 KOREAN_TEXTS = [
     "빨간색 원 두 개와 파란색 사각형 하나가 있다.",
@@ -34,7 +37,7 @@ KOREAN_TEXTS = [
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
-    return data.train_tokenizer(KOREAN_TEXTS, path, vocab_size=100)
+    return demo.train_tokenizer(KOREAN_TEXTS, path, vocab_size=100)
 
 
 def save_jpeg(path, size=(48, 32), colour=(200, 30, 30), **options):
@@ -182,7 +185,7 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ValueError, match="big.jpg.*too large"):
         data.open_rgb(tmp_path / "big.jpg")
-    assert data.image_problem(str(tmp_path / "big.jpg")) == "image too large"
+    assert formats.image_problem(str(tmp_path / "big.jpg")) == "image too large"
 
 
 def test_broken_and_missing_images_raise_one_line_errors(tmp_path):
@@ -269,24 +272,24 @@ def coco(tmp_path):
 
 def test_read_aihub_coco_captions_and_check(coco):
     path, root = coco
-    entries = data.read_captions(path, root)
+    entries = formats.read_captions(path, root)
     assert len(entries) == 9
     assert entries[0] == {"image": str(root / "train2014" / "COCO_train2014_000000000001.jpg"),
                           "caption": "빨간 사각형", "image_id": "1", "split": "train2014"}
-    good, bad = data.check_entries(entries, max_bad_share=0.5)
+    good, bad = formats.check_entries(entries, max_bad_share=0.5)
     assert len(good) == 6
     reasons = sorted(reason for reason, _ in bad)
     assert reasons == ["empty text", "missing image", "truncated image"]
     assert ("missing image", str(root / "train2014" / "COCO_train2014_000000000004.jpg")) in bad
     with pytest.raises(ValueError, match="3 of 9 entries"):
-        data.check_entries(entries, max_bad_share=0.2)
+        formats.check_entries(entries, max_bad_share=0.2)
 
 
 def test_read_jsonl_captions(tmp_path):
     save_jpeg(tmp_path / "img" / "a.jpg")
     lines = [{"image": "a.jpg", "caption": "고양이"}, {"image": "a.jpg", "caption": "강아지", "image_id": "7"}]
     (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
-    entries = data.read_captions(tmp_path / "captions.jsonl", tmp_path / "img")
+    entries = formats.read_captions(tmp_path / "captions.jsonl", tmp_path / "img")
     assert [entry["caption"] for entry in entries] == ["고양이", "강아지"]
     assert entries[1]["image_id"] == "7" and os.path.isabs(entries[0]["image"])
 
@@ -305,14 +308,14 @@ def test_read_living_environment_vqa_file_and_folder(tmp_path):
     write_json(tmp_path / "labels" / "part1.json", label)
     write_json(tmp_path / "labels" / "sub" / "part2.json",
                {"images": label["images"][:1], "question": [dict(label["question"][0], question_id=21)]})
-    entries = data.read_vqa(tmp_path / "labels" / "part1.json", root)
+    entries = formats.read_vqa(tmp_path / "labels" / "part1.json", root)
     assert entries[0] == {"image": str(root / "거실" / "a.jpg"), "question": "소파가 있나요?", "answers": ["예"],
                           "answer_type": "예/아니오", "question_id": 11, "image_id": "1"}
     assert entries[1]["answer_type"] == "숫자"
-    good, bad = data.check_entries(entries, max_bad_share=1.0)
+    good, bad = formats.check_entries(entries, max_bad_share=1.0)
     assert [entry["question_id"] for entry in good] == [11, 12]
     assert sorted(bad) == [("empty text", "13"), ("missing image", str(root / "주방" / "gone.jpg"))]
-    assert len(data.read_vqa(tmp_path / "labels", root)) == 5
+    assert len(formats.read_vqa(tmp_path / "labels", root)) == 5
 
 
 def test_read_visual_information_triplets_folder(tmp_path):
@@ -327,17 +330,17 @@ def test_read_visual_information_triplets_folder(tmp_path):
         {"question_id": 1, "image_id": 9, "multiple_choice_answer": "김밥", "answer_confidence": "yes"},
         {"question_id": 2, "image_id": 9, "multiple_choice_answer": "2개", "answer_confidence": "yes"}]})
     write_json(folder / "set1_images.json", {"images": [{"image_id": 9, "image": "b.jpg", "category": "food"}]})
-    entries = data.read_vqa(tmp_path / "vqa", root)
+    entries = formats.read_vqa(tmp_path / "vqa", root)
     assert [(entry["question"], entry["answers"], entry["answer_type"]) for entry in entries] == [
         ("무슨 음식인가요?", ["김밥"], "그 외"), ("접시는 몇 개인가요?", ["2개"], "숫자"), ("답이 없는 질문", [], "그 외")]
     assert entries[0]["image"] == str(root / "food" / "b.jpg")
-    good, bad = data.check_entries(entries, max_bad_share=0.5)
+    good, bad = formats.check_entries(entries, max_bad_share=0.5)
     assert bad == [("no answer", "3")]
     with pytest.raises(ValueError, match="pass the folder"):
-        data.read_vqa(folder / "set1_question.json", root)
+        formats.read_vqa(folder / "set1_question.json", root)
     (folder / "set1_images.json").unlink()
     with pytest.raises(ValueError, match="missing the image file"):
-        data.read_vqa(tmp_path / "vqa", root)
+        formats.read_vqa(tmp_path / "vqa", root)
 
 
 def test_read_question_lists_with_several_answers(tmp_path):
@@ -345,26 +348,26 @@ def test_read_question_lists_with_several_answers(tmp_path):
     kvqa = [{"image": "c.jpg", "question": "이것은 무엇인가요?", "answer_type": "other",
              "answers": [{"answer": "사과", "answer_confidence": "yes"}] * 3 + [{"answer": "배", "answer_confidence": "maybe"}]}]
     write_json(tmp_path / "kvqa.json", kvqa)
-    entry = data.read_vqa(tmp_path / "kvqa.json", tmp_path)[0]
+    entry = formats.read_vqa(tmp_path / "kvqa.json", tmp_path)[0]
     assert entry["answers"] == ["사과", "사과", "사과", "배"] and entry["answer_type"] == "그 외"
     assert entry["question_id"] == "kvqa.json:0"
     own = {"image": "c.jpg", "question": "사과가 몇 개?", "answers": ["셋"], "question_id": "q1"}
     (tmp_path / "own.jsonl").write_text(json.dumps(own, ensure_ascii=False) + "\n", encoding="utf-8")
-    entry = data.read_vqa(tmp_path / "own.jsonl", tmp_path)[0]
+    entry = formats.read_vqa(tmp_path / "own.jsonl", tmp_path)[0]
     assert entry["answer_type"] == "숫자" and entry["question_id"] == "q1"
 
 
 def test_unknown_layouts_are_refused_naming_the_keys(tmp_path, coco):
     write_json(tmp_path / "odd.json", {"data": [], "version": 2})
     with pytest.raises(ValueError, match=r"odd.json: unknown layout; found keys \['data', 'version'\]"):
-        data.read_vqa(tmp_path / "odd.json", tmp_path)
+        formats.read_vqa(tmp_path / "odd.json", tmp_path)
     write_json(tmp_path / "odd_list.json", [{"img": "a.jpg", "text": "x"}])
     with pytest.raises(ValueError, match=r"found keys \['img', 'text'\]"):
-        data.read_captions(tmp_path / "odd_list.json", tmp_path)
+        formats.read_captions(tmp_path / "odd_list.json", tmp_path)
     with pytest.raises(ValueError, match="not VQA questions"):
-        data.read_vqa(coco[0], coco[1])
+        formats.read_vqa(coco[0], coco[1])
     with pytest.raises(FileNotFoundError):
-        data.read_captions(tmp_path / "nothing.json", tmp_path)
+        formats.read_captions(tmp_path / "nothing.json", tmp_path)
 
 
 def test_check_command_line(coco):
@@ -437,7 +440,7 @@ def test_itm_pairs_half_matched_with_other_images():
 
 
 def test_caption_dataset_and_collate(tokenizer, coco):
-    entries, _ = data.check_entries(data.read_captions(*coco), max_bad_share=0.5)
+    entries, _ = formats.check_entries(formats.read_captions(*coco), max_bad_share=0.5)
     dataset = data.CaptionDataset(entries, 16)
     batch = data.collate_captions([dataset[0], dataset[3]], tokenizer, 12)
     assert batch["pixels"].shape == (2, 3, 16, 16)
@@ -479,7 +482,7 @@ def test_answer_scores_vocab_and_unanswerable():
     ({"answers": []}, "그 외"),
 ])
 def test_answer_type_of(entry, expected):
-    assert data.answer_type_of(entry) == expected
+    assert formats.answer_type_of(entry) == expected
 
 
 def test_split_dev_by_image_is_disjoint_and_deterministic():
@@ -520,8 +523,8 @@ def test_vqa_dataset_targets_and_augmentation(tokenizer, tmp_path):
 
 def test_demo_is_deterministic_readable_and_reused(tmp_path):
     sizes = {"caption_images": 12, "vqa_train_images": 8, "vqa_dev_images": 4}
-    first = data.make_demo(tmp_path / "one", seed=5, **sizes)
-    data.make_demo(tmp_path / "two", seed=5, **sizes)
+    first = demo.make_demo(tmp_path / "one", seed=5, **sizes)
+    demo.make_demo(tmp_path / "two", seed=5, **sizes)
     files_one = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*") if path.is_file())
     files_two = sorted(path.relative_to(tmp_path / "two") for path in (tmp_path / "two").rglob("*") if path.is_file())
     assert files_one == files_two and len(files_one) == 12 + 8 + 4 + 5
@@ -529,13 +532,13 @@ def test_demo_is_deterministic_readable_and_reused(tmp_path):
         assert (tmp_path / "one" / relative).read_bytes() == (tmp_path / "two" / relative).read_bytes(), relative
     assert set(first) == {"captions", "vqa_train", "vqa_dev", "images", "tokenizer"}
     stamp = os.path.getmtime(first["captions"])
-    assert data.make_demo(tmp_path / "one", seed=5, **sizes) == first
+    assert demo.make_demo(tmp_path / "one", seed=5, **sizes) == first
     assert os.path.getmtime(first["captions"]) == stamp
 
-    captions, bad = data.check_entries(data.read_captions(first["captions"], first["images"]), max_bad_share=0)
+    captions, bad = formats.check_entries(formats.read_captions(first["captions"], first["images"]), max_bad_share=0)
     assert len(captions) == 60 and not bad
-    train, _ = data.check_entries(data.read_vqa(first["vqa_train"], first["images"]), max_bad_share=0)
-    dev, _ = data.check_entries(data.read_vqa(first["vqa_dev"], first["images"]), max_bad_share=0)
+    train, _ = formats.check_entries(formats.read_vqa(first["vqa_train"], first["images"]), max_bad_share=0)
+    dev, _ = formats.check_entries(formats.read_vqa(first["vqa_dev"], first["images"]), max_bad_share=0)
     assert len(train) == 32 and len(dev) == 16
     assert not {entry["image"] for entry in train} & {entry["image"] for entry in dev}
     tokenizer = data.Tokenizer.load(first["tokenizer"])
@@ -543,30 +546,30 @@ def test_demo_is_deterministic_readable_and_reused(tmp_path):
     assert tokenizer.decode(tokenizer.encode([captions[0]["caption"]], 40)[0][0]) == captions[0]["caption"]
     assert data.load_image(train[0]["image"], 64).shape == (3, 64, 64)
 
-    other = data.make_demo(tmp_path / "three", seed=6, **sizes)
+    other = demo.make_demo(tmp_path / "three", seed=6, **sizes)
     assert Path(other["captions"]).read_bytes() != Path(first["captions"]).read_bytes()
 
 
 def test_demo_answers_follow_from_the_picture(tmp_path):
     rng = random.Random(0)
     for _ in range(200):
-        objects = data.demo_scene(rng)
-        for question, answer, answer_type in data.demo_questions(objects, rng, 4):
-            assert data.answer_type_of({"answers": [answer]}) == answer_type
+        objects = demo.demo_scene(rng)
+        for question, answer, answer_type in demo.demo_questions(objects, rng, 4):
+            assert formats.answer_type_of({"answers": [answer]}) == answer_type
             if question.startswith("도형은 모두"):
                 assert answer == f"{len(objects)}개"
-        image = data.draw_scene(objects, 64, rng)
+        image = demo.draw_scene(objects, 64, rng)
         for thing in objects:  # every object's colour is visible in its quarter
             x, y = thing["cell"]
             quarter = np.asarray(image)[y * 32:(y + 1) * 32, x * 32:(x + 1) * 32].reshape(-1, 3)
-            colour = np.array(data.DEMO_COLOURS[thing["colour"]][1])
+            colour = np.array(demo.DEMO_COLOURS[thing["colour"]][1])
             assert (np.abs(quarter - colour).sum(axis=1) < 30).sum() > 20
-        korean, _ = data.demo_captions(objects, rng)
+        korean, _ = demo.demo_captions(objects, rng)
         assert len(set(korean)) == 5
 
 
 def test_bench_loading_reports_both_paths(tmp_path):
-    results = data.bench_loading(num_images=3, size=32)
+    results = bench.bench_loading(num_images=3, size=32)
     assert {"naive_images_per_s", "project_images_per_s", "speedup"} <= set(results)
     sample = save_jpeg(tmp_path / "sample.jpg", size=(64, 48))
-    assert (data.naive_load(sample, 32) - data.load_image(sample, 32)).abs().max() < 0.1
+    assert (bench.naive_load(sample, 32) - data.load_image(sample, 32)).abs().max() < 0.1

@@ -13,10 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 import data
+import demo
+import formats
+import training
 import finetune
 import predict
 import pretrain
-from model import CONFIGS, build_model
+from model import CONFIGS, build_model, build_optimizer
 
 TRAINING_FLAGS = ["--config", "tiny", "--batch", "8", "--micro-batch", "4", "--steps", "4", "--max-len", "16",
                   "--log-every", "2", "--eval-every", "2", "--save-every", "2", "--workers", "0"]
@@ -25,7 +28,7 @@ TRAINING_FLAGS = ["--config", "tiny", "--batch", "8", "--micro-batch", "4", "--s
 @pytest.fixture(scope="module")
 def demo_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    return data.make_demo(str(root / "demo_data"), caption_images=40, vqa_train_images=40, vqa_dev_images=10,
+    return demo.make_demo(str(root / "demo_data"), caption_images=40, vqa_train_images=40, vqa_dev_images=10,
                           questions_per_image=4, image_size=64, vocab_size=200)
 
 
@@ -44,7 +47,7 @@ def finetuned(demo_set, tmp_path_factory):
 def test_results_follow_the_spec(finetuned, demo_set):
     results = json.loads((finetuned / "results.json").read_text(encoding="utf-8"))
     assert set(results) == {"steps", "overall", "by_type", "history"} and results["steps"] == 4
-    dev_questions = len(data.read_vqa(demo_set["vqa_dev"], demo_set["images"]))
+    dev_questions = len(formats.read_vqa(demo_set["vqa_dev"], demo_set["images"]))
     assert results["overall"]["n"] == dev_questions
     assert list(results["by_type"]) == data.ANSWER_TYPES
     assert sum(result["n"] for result in results["by_type"].values()) == dev_questions
@@ -105,7 +108,7 @@ def test_vilt_without_pretraining_and_a_carved_dev_split(demo_set, tmp_path):
 def test_vqa_loss_is_bce_times_answers_and_accumulates(finetuned, demo_set):
     answerer = predict.Answerer(str(finetuned))
     model = answerer.model.eval()
-    entries = data.read_vqa(demo_set["vqa_train"], demo_set["images"])[:8]
+    entries = formats.read_vqa(demo_set["vqa_train"], demo_set["images"])[:8]
     dataset = data.VqaDataset(entries, answerer.answers, model.cfg.image_size)
     batch = data.collate_vqa([dataset[index] for index in range(8)], answerer.tokenizer, 16)
     losses = finetune.vqa_losses(model, batch)
@@ -119,13 +122,13 @@ def test_vqa_loss_is_bce_times_answers_and_accumulates(finetuned, demo_set):
 
 def test_finetune_parameter_groups_give_heads_fifty_times():
     model = build_model(dataclasses.replace(CONFIGS["tiny"], num_answers=5))
-    optimizer = pretrain.build_optimizer(model, 5e-6, finetune.FINETUNE_LR_MULTIPLIERS)
+    optimizer = build_optimizer(model, 5e-6, finetune.FINETUNE_LR_MULTIPLIERS)
     rates = {group["part"]: group["lr"] for group in optimizer.param_groups}
     assert rates == pytest.approx({"vision": 5e-6, "text": 5e-6, "fusion": 2.5e-5, "heads": 2.5e-4})
 
 
 def test_predict_one_question(finetuned, demo_set, capsys):
-    entry = data.read_vqa(demo_set["vqa_dev"], demo_set["images"])[0]
+    entry = formats.read_vqa(demo_set["vqa_dev"], demo_set["images"])[0]
     predict.main(["--ckpt", str(finetuned), "--image", entry["image"], "--question", entry["question"], "--top", "3"])
     *lines, timing = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and re.fullmatch(r"\(\d+ ms\)", timing)
@@ -136,7 +139,7 @@ def test_predict_one_question(finetuned, demo_set, capsys):
 
 
 def test_predict_reports_bad_input_in_one_line(finetuned, demo_set, tmp_path):
-    entry = data.read_vqa(demo_set["vqa_dev"], demo_set["images"])[0]
+    entry = formats.read_vqa(demo_set["vqa_dev"], demo_set["images"])[0]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a picture")
     for image, question, expected in [(str(tmp_path / "missing.jpg"), "몇 개인가요?", "image not found"),
@@ -152,7 +155,7 @@ def test_predict_reports_bad_input_in_one_line(finetuned, demo_set, tmp_path):
 
 
 def test_predict_a_questions_file(finetuned, demo_set, tmp_path, capsys):
-    entries = data.read_vqa(demo_set["vqa_dev"], demo_set["images"])[:3]
+    entries = formats.read_vqa(demo_set["vqa_dev"], demo_set["images"])[:3]
     questions = tmp_path / "questions.jsonl"
     records = [{"image": os.path.relpath(entry["image"], demo_set["images"]), "question": entry["question"],
                 "question_id": entry["question_id"]} for entry in entries]
@@ -176,7 +179,7 @@ def test_demo_tables(capsys):
         return {"steps": 30, "overall": {"accuracy": accuracy, "vqa_score": accuracy, "n": 4}, "by_type": by_type,
                 "history": history}
 
-    finetune.print_demo_tables({"with pretraining": result(0.6), "without pretraining": result(0.5),
+    demo.print_demo_tables({"with pretraining": result(0.6), "without pretraining": result(0.5),
                                 "ViLT without pretraining": result(0.4)})
     printed = capsys.readouterr().out
     assert "0.6000" in printed and "50.00" in printed and "40.00" in printed and "숫자" in printed

@@ -15,8 +15,11 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 import data
+import demo
+import formats
+import training
 import pretrain
-from model import CONFIGS, build_model
+from model import CONFIGS, build_model, build_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {"빨간": (220, 30, 30), "파란": (30, 60, 220), "초록": (30, 180, 60), "노란": (230, 210, 30)}
@@ -41,7 +44,7 @@ def make_caption_set(root, num_images=24):
         records.append({"image": name, "caption": f"흰 바탕에 {colour} {shape}", "image_id": str(index)})
     with open(os.path.join(root, "captions.jsonl"), "w", encoding="utf-8") as file:
         file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    data.train_tokenizer([record["caption"] for record in records], os.path.join(root, "tokenizer.json"), 80)
+    demo.train_tokenizer([record["caption"] for record in records], os.path.join(root, "tokenizer.json"), 80)
     return {"captions": os.path.join(root, "captions.jsonl"), "images": os.path.join(root, "images"),
             "tokenizer": os.path.join(root, "tokenizer.json")}
 
@@ -72,7 +75,7 @@ def tiny_model_and_batch(caption_set, size=8, seed=0, arch="meter"):
     tokenizer = data.Tokenizer.load(caption_set["tokenizer"])
     torch.manual_seed(seed)
     model = build_model(dataclasses.replace(CONFIGS["tiny"], vocab_size=tokenizer.vocab_size, arch=arch))
-    entries = data.read_captions(caption_set["captions"], caption_set["images"])[:size]
+    entries = formats.read_captions(caption_set["captions"], caption_set["images"])[:size]
     dataset = data.CaptionDataset(entries, 64)
     batch = data.collate_captions([dataset[index] for index in range(size)], tokenizer, 16)
     return model, tokenizer, batch
@@ -93,7 +96,7 @@ def test_one_pass_equals_two_pass(caption_set, arch):
     model.zero_grad()
     two_pass = pretrain.pretrain_losses_two_pass(model, batch)
     two_pass["loss"].backward()
-    for key in ["loss", "mlm_loss", "mlm_acc", "itm_loss", "itm_acc", "mlm_count", "itm_count"]:
+    for key in ["loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "itm_loss_sum", "itm_correct", "itm_count"]:
         torch.testing.assert_close(one_pass[key], two_pass[key], rtol=1e-5, atol=1e-6)
     two_pass_gradients = gradients(model)
     assert one_pass_gradients.keys() == two_pass_gradients.keys()
@@ -102,7 +105,7 @@ def test_one_pass_equals_two_pass(caption_set, arch):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    rates = [pretrain.lr_at(step, 100, 1.0) for step in range(101)]
+    rates = [training.lr_at(step, 100, 1.0) for step in range(101)]
     assert rates[0] == 0.0 and rates[10] == pytest.approx(1.0) and rates[100] == 0.0
     assert rates[5] == pytest.approx(0.5) and rates[55] == pytest.approx(0.5)
     assert all(earlier < later for earlier, later in zip(rates[:10], rates[1:11]))
@@ -111,7 +114,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 def test_parameter_groups_multipliers_and_no_decay(caption_set):
     model, _, _ = tiny_model_and_batch(caption_set)
-    optimizer = pretrain.build_optimizer(model, 1e-5, pretrain.PRETRAIN_LR_MULTIPLIERS)
+    optimizer = build_optimizer(model, 1e-5, pretrain.PRETRAIN_LR_MULTIPLIERS)
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-8
     seen = set()
     for group in optimizer.param_groups:
@@ -205,7 +208,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(caption_set, tmp_path, m
         losses = original(model, *arguments, **keywords)
         if calls["count"] == 5:
             losses["loss"] = losses["loss"] * float("nan")
-            losses["mlm_loss"] = losses["mlm_loss"] * float("nan")
+            losses["mlm_loss_sum"] = losses["mlm_loss_sum"] * float("nan")
         return losses
 
     monkeypatch.setattr(pretrain, "pretrain_losses", poisoned_in_step_three)

@@ -1,0 +1,181 @@
+"""Files that must never be seen half-written: checkpoints, the resume state, results, metrics.
+
+Off the reading path: read it when you need to know what a run leaves in its output folder, or how a
+killed run resumes. A run's folder (--out) holds:
+  step_NNNNNN/            one complete checkpoint per save (the last SNAPSHOTS_KEPT are kept):
+    model.safetensors       the weights, the model's config in the safetensors metadata (load_weights.load_meter)
+    optimizer.safetensors   AdamW's exp_avg, exp_avg_sq and step, by parameter name
+    training_state.json     step, flags, samples seen (finetune.py adds its dev history)
+    tokenizer.json|vocab.txt, answers.json   what predict.py needs beside the weights
+  model.safetensors, optimizer.safetensors, training_state.json   hard links to the latest snapshot
+  best/                   finetune.py: the model with the best dev accuracy so far
+
+    python -c "import checkpoints; print(checkpoints.resolve_checkpoint('out/pretrain_demo'))"   # after a demo
+
+Every write goes to a temporary name first and is renamed into place (`atomic_write`), so a crash or a
+SIGTERM at any moment leaves the previous file, or the previous checkpoint folder, whole. Nothing here
+loads a pickle: weights and optimizer state are safetensors, everything else JSON.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+
+from safetensors.torch import load_file, save_file
+
+from load_weights import save_model
+
+SNAPSHOTS_KEPT = 2  # step_NNNNNN/ folders kept beside the latest checkpoint
+RESUME_MUST_MATCH = ["config", "batch", "steps", "lr", "seed", "image_size", "max_len"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes: the one helper every output file goes through
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w"):
+    """Open a temporary file beside `path` for writing; on success it replaces `path` in one rename."""
+    temporary = f"{path}.tmp"
+    with open(temporary, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+        yield file
+    os.replace(temporary, path)
+
+
+def write_json(path, value):
+    with atomic_write(path) as file:
+        json.dump(value, file, ensure_ascii=False, indent=1)
+        file.write("\n")
+
+
+def write_jsonl(path, rows):
+    with atomic_write(path) as file:
+        file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lookups: where a checkpoint is, and the tokenizer that goes with it
+
+
+def resolve_checkpoint(path):
+    """A model.safetensors file, or the one in a run's folder (its latest checkpoint)."""
+    path = str(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return path
+
+
+def copy_tokenizer(source, out_dir):
+    """Copy the tokenizer file (data.Tokenizer.source) into OUT, so that a checkpoint folder is self-contained."""
+    copy = os.path.join(out_dir, "vocab.txt" if source.endswith(".txt") else "tokenizer.json")
+    if os.path.abspath(source) != os.path.abspath(copy):
+        shutil.copy2(source, copy)
+    return copy
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer state by parameter name
+
+
+def optimizer_tensors(optimizer):
+    """AdamW state flattened by parameter name: NAME.exp_avg, NAME.exp_avg_sq, NAME.step."""
+    tensors = {}
+    for group in optimizer.param_groups:
+        for name, parameter in zip(group["names"], group["params"]):
+            for key, value in optimizer.state.get(parameter, {}).items():
+                tensors[f"{name}.{key}"] = value.detach().to("cpu").contiguous()
+    return tensors
+
+
+def load_optimizer_tensors(optimizer, tensors, path):
+    """Inverse of `optimizer_tensors`. A parameter without saved state never had a gradient and stays
+    without. The step count goes where torch's own load_state_dict puts it: beside the parameter for the
+    fused AdamW, on the CPU otherwise."""
+    names = {name for group in optimizer.param_groups for name in group["names"]}
+    step_on_device = optimizer.defaults.get("fused") or optimizer.defaults.get("capturable")
+    unknown = sorted({key.rpartition(".")[0] for key in tensors} - names)
+    if unknown:
+        raise ValueError(f"{path}: optimizer state for parameters the model lacks: {', '.join(unknown[:3])}")
+    for group in optimizer.param_groups:
+        for name, parameter in zip(group["names"], group["params"]):
+            keys = [key for key in tensors if key.rpartition(".")[0] == name]
+            if keys:
+                optimizer.state[parameter] = {
+                    key.rpartition(".")[2]: tensors[key] if key.endswith(".step") and not step_on_device
+                    else tensors[key].to(parameter.device)
+                    for key in keys
+                }
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and resume
+
+
+def write_folder(folder, model, model_metadata, extra_files=(), json_files=None, tensor_files=None):
+    """Write a checkpoint folder under a temporary name and rename it into place: model.safetensors,
+    copies of extra_files, {name: value} JSON files and {name: tensors} safetensors files."""
+    temporary = f"{folder}.tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    save_model(model, os.path.join(temporary, "model.safetensors"), model_metadata)
+    for name, tensors in (tensor_files or {}).items():
+        save_file(tensors, os.path.join(temporary, name))
+    for path in extra_files:
+        shutil.copy2(path, os.path.join(temporary, os.path.basename(path)))
+    for name, value in (json_files or {}).items():
+        write_json(os.path.join(temporary, name), value)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(temporary, folder)
+    return folder
+
+
+def save_checkpoint(out_dir, step, model, optimizer, state, extra_files=()):
+    """Write step_NNNNNN/ (model, optimizer, training_state.json, extra files), then point the top-level
+    OUT/ files at it (hard links renamed into place, training_state.json last). Keeps SNAPSHOTS_KEPT."""
+    snapshot = os.path.join(out_dir, f"step_{step:06d}")
+    write_folder(snapshot, model, {"step": str(step), "max_len": str(state["args"]["max_len"])}, extra_files,
+                 json_files={"training_state.json": {**state, "step": step}},
+                 tensor_files={"optimizer.safetensors": optimizer_tensors(optimizer)})
+    for name in ["model.safetensors", "optimizer.safetensors", "training_state.json"]:
+        link = os.path.join(out_dir, f"{name}.tmp")
+        if os.path.exists(link):
+            os.remove(link)
+        try:
+            os.link(os.path.join(snapshot, name), link)
+        except OSError:  # a file system without hard links
+            shutil.copy2(os.path.join(snapshot, name), link)
+        os.replace(link, os.path.join(out_dir, name))
+    snapshots = sorted(name for name in os.listdir(out_dir) if name.startswith("step_") and not name.endswith(".tmp"))
+    for name in snapshots[:-SNAPSHOTS_KEPT]:
+        shutil.rmtree(os.path.join(out_dir, name))
+    return snapshot
+
+
+def load_checkpoint(out_dir, model, optimizer):
+    """Restore the model and optimizer saved by `save_checkpoint`; returns the training state."""
+    state_path = os.path.join(out_dir, "training_state.json")
+    if not os.path.exists(state_path):
+        raise FileNotFoundError(f"{state_path}: no checkpoint to resume from")
+    state = read_json(state_path)
+    folder = os.path.join(out_dir, f"step_{state['step']:06d}")
+    folder = folder if os.path.isdir(folder) else out_dir
+    model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
+    optimizer_path = os.path.join(folder, "optimizer.safetensors")
+    load_optimizer_tensors(optimizer, load_file(optimizer_path), optimizer_path)
+    return state
+
+
+def check_resume_args(args, saved_args):
+    """Resuming is exact only with the same recipe: refuse a changed flag."""
+    for name in RESUME_MUST_MATCH:
+        if saved_args.get(name) != getattr(args, name):
+            raise ValueError(f"--resume: --{name.replace('_', '-')} is {getattr(args, name)} "
+                             f"but the saved run used {saved_args.get(name)}")

@@ -1,0 +1,412 @@
+"""The synthetic demo set: coloured shapes with Korean captions and questions, in the AIHub layouts.
+
+Off the reading path: it exists so that `--demo` runs everywhere with no download. Read it when you want to
+know what the demo's tables are measured on, or to make a demo set of another size. It writes:
+  MSCOCO_train_val_Korean.json   AIHub Korean MSCOCO captions (file_path under images/, caption_ko x 5)
+  vqa_train.json, vqa_dev.json   AIHub 생활 및 거주환경 VQA labels, on other pictures
+  images/{train2014,val2014}/COCO_*.jpg, images/shapes/shapes_*.jpg
+  tokenizer.json                 a KLUE-style WordPiece vocabulary learned from the demo's own text
+and prints the paper's tables after `python finetune.py --demo`.
+
+    python demo.py --out demo_data     # about 1 s on CPU; the same seed writes the same bytes
+
+Choices:
+- Pictures hold 1 to 4 shapes, one per quarter; shapes and colours often repeat, so that counts vary.
+- Every caption describes the whole picture, each in its own words: a caption that is also true of most
+  other pictures ("there is no red shape") would make many ITM negatives secretly positive.
+- Questions of the four answer types (숫자, 예/아니오, 그 외 about colours, shapes and positions, and
+  unanswerable ones about what a picture cannot tell) are answered by the picture.
+- The tokenizer's WordPiece vocabulary is learned in a few lines of Python (the algorithm of tokenizers'
+  WordPieceTrainer, ties broken alphabetically): the library's trainer breaks ties by hash-map order and
+  gives a different vocabulary from run to run.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import torch.distributed as distributed
+from PIL import Image, ImageDraw
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders, models, pre_tokenizers, processors
+
+from checkpoints import write_json
+from data import ANSWER_TYPES, SPECIAL_TOKENS, Tokenizer, bert_normalizer
+
+DEMO_COLOURS = {"빨간색": ("red", (214, 39, 40)), "파란색": ("blue", (31, 89, 214)),
+                "초록색": ("green", (40, 160, 60)), "노란색": ("yellow", (240, 200, 20))}
+DEMO_SHAPES = {"원": "circle", "사각형": "square", "삼각형": "triangle", "마름모": "diamond"}
+DEMO_SIZES = {"큰": ("big", 0.36), "작은": ("small", 0.24)}  # radius as a share of a quarter's side
+DEMO_POSITIONS = {(0, 0): "왼쪽 위", (1, 0): "오른쪽 위", (0, 1): "왼쪽 아래", (1, 1): "오른쪽 아래"}
+NATIVE_ATTRIBUTIVE_WORDS = {1: "한", 2: "두", 3: "세", 4: "네"}
+NATIVE_ALONE_WORDS = {1: "하나", 2: "둘", 3: "셋", 4: "넷"}
+ENGLISH_NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
+UNKNOWABLE_QUESTIONS = ["이 사진은 언제 찍었나요?", "이 사진을 찍은 사람은 누구인가요?",
+                        "도형은 무엇으로 만들어졌나요?", "이 사진은 어느 나라에서 찍었나요?",
+                        "도형의 무게는 얼마인가요?"]
+DEMO_VERSION = 1
+
+
+def with_particle(word, after_consonant, after_vowel):
+    """Attach a Korean particle pair (이/가, 은/는, 과/와) by the last syllable's final consonant."""
+    last = word[-1]
+    has_final = "가" <= last <= "힣" and (ord(last) - ord("가")) % 28 != 0
+    return word + (after_consonant if has_final else after_vowel)
+
+
+def join_with_and(phrases):
+    """["빨간색 원 두 개", "파란색 사각형 하나"] -> "빨간색 원 두 개와 파란색 사각형 하나"."""
+    return " ".join([with_particle(phrase, "과", "와") for phrase in phrases[:-1]] + [phrases[-1]])
+
+
+def counted(noun, count):
+    return f"{noun} {NATIVE_ALONE_WORDS[1]}" if count == 1 else f"{noun} {NATIVE_ATTRIBUTIVE_WORDS[count]} 개"
+
+
+def demo_scene(rng):
+    """1-4 objects, one per quarter of the picture; shapes and colours often repeat (for counts)."""
+    cells = rng.sample(list(DEMO_POSITIONS), rng.choice([1, 2, 2, 3, 3, 4]))
+    objects = []
+    for cell in cells:
+        reuse = objects and rng.random() < 0.4
+        shape = rng.choice(objects)["shape"] if reuse else rng.choice(list(DEMO_SHAPES))
+        reuse = objects and rng.random() < 0.4
+        colour = rng.choice(objects)["colour"] if reuse else rng.choice(list(DEMO_COLOURS))
+        objects.append({"shape": shape, "colour": colour, "size": rng.choice(list(DEMO_SIZES)),
+                        "cell": cell, "position": DEMO_POSITIONS[cell]})
+    return objects
+
+
+def draw_scene(objects, image_size, rng):
+    grey = rng.randint(225, 250)
+    image = Image.new("RGB", (image_size, image_size), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    quarter = image_size / 2
+    for thing in objects:
+        radius = DEMO_SIZES[thing["size"]][1] * quarter
+        slack = quarter / 2 - radius - 0.08 * quarter  # keep a margin to the picture's edge
+        x = (thing["cell"][0] + 0.5) * quarter + rng.uniform(-slack, slack)
+        y = (thing["cell"][1] + 0.5) * quarter + rng.uniform(-slack, slack)
+        fill = DEMO_COLOURS[thing["colour"]][1]
+        if thing["shape"] == "원":
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
+        elif thing["shape"] == "사각형":
+            half = 0.85 * radius
+            draw.rectangle([x - half, y - half, x + half, y + half], fill=fill)
+        elif thing["shape"] == "삼각형":
+            corners = [(x, y - radius), (x + radius, y + 0.8 * radius), (x - radius, y + 0.8 * radius)]
+            draw.polygon(corners, fill=fill)
+        else:
+            corners = [(x, y - radius), (x + 0.8 * radius, y), (x, y + radius), (x - 0.8 * radius, y)]
+            draw.polygon(corners, fill=fill)
+    return image
+
+
+def demo_captions(objects, rng):
+    """Five varied Korean captions naming colours, shapes, counts, sizes and positions; English
+    captions of the same inventory."""
+    groups = Counter((thing["colour"], thing["shape"]) for thing in objects)
+    shape_counts = Counter(thing["shape"] for thing in objects)
+    colour_counts = Counter(thing["colour"] for thing in objects)
+    total = NATIVE_ATTRIBUTIVE_WORDS[len(objects)]
+    inventory = join_with_and([counted(f"{colour} {shape}", count) for (colour, shape), count in groups.items()])
+    # Every caption describes the whole picture, each in its own words: a caption that is also true of
+    # most other pictures ("there is no red shape") would make many ITM negatives secretly positive.
+    shape_tally = ", ".join(f"{with_particle(shape, '이', '가')} {NATIVE_ATTRIBUTIVE_WORDS[count]} 개"
+                            for shape, count in shape_counts.items())
+    colour_tally = join_with_and([counted(f"{colour} 도형", count) for colour, count in colour_counts.items()])
+    templates = [
+        f"{with_particle(inventory, '이', '가')} {rng.choice(['있다.', '보인다.', '그려져 있다.'])}",
+        f"{shape_tally} 있고, {with_particle(colour_tally, '이', '가')} 있다.",
+        rng.choice([f"도형 {total} 개, {with_particle(inventory, '이', '가')} 있다.",
+                    f"회색 배경 위에 도형 {total} 개, {with_particle(inventory, '이', '가')} 그려져 있다."]),
+        ", ".join(f"{thing['position']}에는 "
+                  f"{with_particle(' '.join([thing['size'], thing['colour'], thing['shape']]), '이', '가')}"
+                  for thing in objects) + " 있다.",
+        with_particle(join_with_and([f"{thing['size']} {thing['colour']} {thing['shape']}" for thing in objects]),
+                      "이", "가") + " 있다.",
+    ]
+    absent_colours = [colour for colour in DEMO_COLOURS if colour not in colour_counts]
+    absent_shapes = [shape for shape in DEMO_SHAPES if shape not in shape_counts]
+    if absent_colours:
+        templates.append(f"{with_particle(rng.choice(absent_colours) + ' 도형', '은', '는')} 없고, "
+                         f"{with_particle(inventory, '이', '가')} 있다.")
+    elif absent_shapes:
+        templates.append(f"{with_particle(rng.choice(absent_shapes), '은', '는')} 보이지 않고, "
+                         f"{with_particle(inventory, '이', '가')} 보인다.")
+    korean = rng.sample(templates, 5)
+    english_groups = [f"{ENGLISH_NUMBERS[count] if count > 1 else 'a'} {DEMO_COLOURS[colour][0]} "
+                      f"{DEMO_SHAPES[shape]}{'s' if count > 1 else ''}"
+                      for (colour, shape), count in groups.items()]
+    english_inventory = english_groups[-1]
+    if len(english_groups) > 1:
+        english_inventory = ", ".join(english_groups[:-1]) + " and " + english_inventory
+    english = [f"The picture shows {english_inventory}.", f"A picture of {english_inventory}.",
+               f"{english_inventory.capitalize()} on a grey background.",
+               f"{ENGLISH_NUMBERS[len(objects)].capitalize()} simple shapes.",
+               f"Simple shapes: {english_inventory}."]
+    return korean, english
+
+
+def demo_question(kind, objects, rng):
+    """(question, answer, answer type) of one kind, answered by the picture."""
+    shapes, colours = list(DEMO_SHAPES), list(DEMO_COLOURS)
+    if kind == "숫자":
+        variant = rng.randrange(3)
+        if variant == 0:
+            shape = rng.choice([thing["shape"] for thing in objects] if rng.random() < 0.85 else shapes)
+            count = sum(thing["shape"] == shape for thing in objects)
+            return f"사진에 {with_particle(shape, '이', '가')} 몇 개 있나요?", f"{count}개", kind
+        if variant == 1:
+            colour = rng.choice([thing["colour"] for thing in objects] if rng.random() < 0.85 else colours)
+            count = sum(thing["colour"] == colour for thing in objects)
+            return f"{colour} 도형은 몇 개인가요?", f"{count}개", kind
+        return "도형은 모두 몇 개인가요?", f"{len(objects)}개", kind
+    if kind == "예/아니오":
+        thing = rng.choice(objects)
+        if rng.random() < 0.5:  # half the time about an object that is there, else about any
+            colour, shape = thing["colour"], thing["shape"]
+        else:
+            colour, shape = rng.choice(colours), rng.choice(shapes)
+        variant = rng.randrange(3)
+        if variant == 0:
+            found = any(other["colour"] == colour and other["shape"] == shape for other in objects)
+            question = f"{colour} {with_particle(shape, '이', '가')} 있나요?"
+        elif variant == 1:
+            found = any(other["shape"] == shape for other in objects)
+            question = f"{with_particle(shape, '이', '가')} 있나요?"
+        else:
+            position = rng.choice(list(DEMO_POSITIONS.values()))
+            found = any(other["shape"] == shape and other["position"] == position for other in objects)
+            question = f"{position}에 {with_particle(shape, '이', '가')} 있나요?"
+        return question, "예" if found else "아니오", kind
+    if kind == "그 외":
+        thing = rng.choice(objects)
+        variant = rng.randrange(3)
+        if variant == 0:
+            return f"{thing['position']}에 있는 도형은 무슨 색인가요?", thing["colour"], kind
+        name = f"{thing['colour']} {thing['shape']}"
+        unique = sum(f"{other['colour']} {other['shape']}" == name for other in objects) == 1
+        if variant == 1 or not unique:
+            return f"{thing['position']}에 있는 도형은 어떤 모양인가요?", thing["shape"], kind
+        return f"{with_particle(name, '은', '는')} 어디에 있나요?", thing["position"], kind
+    return rng.choice(UNKNOWABLE_QUESTIONS), "알 수 없음", kind
+
+
+def demo_questions(objects, rng, count):
+    kinds, weights = ["숫자", "예/아니오", "그 외", "알 수 없음"], [0.27, 0.3, 0.33, 0.1]
+    questions, seen = [], set()
+    while len(questions) < count:
+        question = demo_question(rng.choices(kinds, weights)[0], objects, rng)
+        if question[0] not in seen:
+            seen.add(question[0])
+            questions.append(question)
+    return questions
+
+
+def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_dev_images=125,
+              questions_per_image=4, image_size=96, vocab_size=300):
+    """Write the synthetic Korean shapes data set; return {"captions", "vqa_train", "vqa_dev",
+    "images", "tokenizer"} paths. Same seed and sizes -> same bytes; an existing complete demo
+    made with the same settings (demo_done.json) is reused as it is.
+
+    out_dir/MSCOCO_train_val_Korean.json   AIHub MSCOCO captions, file_path under images/
+    out_dir/vqa_train.json, vqa_dev.json   AIHub 생활 및 거주환경 VQA labels (different images)
+    out_dir/images/{train2014,val2014}/COCO_*.jpg and images/shapes/shapes_*.jpg
+    out_dir/tokenizer.json                 WordPiece trained on the demo's text
+    """
+    out = Path(out_dir)
+    settings = {"seed": seed, "caption_images": caption_images, "vqa_train_images": vqa_train_images,
+                "vqa_dev_images": vqa_dev_images, "questions_per_image": questions_per_image,
+                "image_size": image_size, "vocab_size": vocab_size, "version": DEMO_VERSION}
+    paths = {"captions": str(out / "MSCOCO_train_val_Korean.json"), "vqa_train": str(out / "vqa_train.json"),
+             "vqa_dev": str(out / "vqa_dev.json"), "images": str(out / "images"),
+             "tokenizer": str(out / "tokenizer.json")}
+    marker = out / "demo_done.json"
+    if marker.is_file():
+        complete = all(os.path.exists(path) for path in paths.values())
+        if complete and json.loads(marker.read_text(encoding="utf-8")) == settings:
+            return paths
+        marker.unlink()
+        for folder in ("train2014", "val2014", "shapes"):  # a demo's own images, made for other settings
+            for old_image in sorted((out / "images" / folder).glob("*.jpg")):
+                old_image.unlink()
+    texts = []
+    caption_rng = random.Random(f"{seed}:captions")
+    caption_records = []
+    for image_id in range(1, caption_images + 1):
+        split = "val2014" if image_id > 0.95 * caption_images else "train2014"
+        file_path = f"{split}/COCO_{split}_{image_id:012d}.jpg"
+        objects = demo_scene(caption_rng)
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        draw_scene(objects, image_size, caption_rng).save(out / "images" / file_path, quality=95)
+        korean, english = demo_captions(objects, caption_rng)
+        caption_records.append({"file_path": file_path, "id": image_id, "captions": english,
+                                "caption_ko": korean})
+        texts += korean
+    write_json(paths["captions"], caption_records)
+    vqa_rng = random.Random(f"{seed}:vqa")
+    (out / "images" / "shapes").mkdir(parents=True, exist_ok=True)
+    first_image = 1
+    for name, image_count in (("vqa_train", vqa_train_images), ("vqa_dev", vqa_dev_images)):
+        images, questions = [], []
+        for image_id in range(first_image, first_image + image_count):
+            objects = demo_scene(vqa_rng)
+            file_name = f"shapes_{image_id:06d}.jpg"
+            draw_scene(objects, image_size, vqa_rng).save(out / "images" / "shapes" / file_name, quality=95)
+            images.append({"image_id": image_id, "image": file_name, "category": "shapes",
+                           "width": image_size, "height": image_size})
+            for number, (question, answer, answer_type) in enumerate(
+                    demo_questions(objects, vqa_rng, questions_per_image)):
+                questions.append({"image_id": image_id, "question_id": image_id * 100 + number,
+                                  "question": question, "answer": answer, "answer_type": answer_type})
+                texts += [question, answer]
+        write_json(paths[name], {"images": images, "question": questions})
+        first_image += image_count
+    train_tokenizer(texts, paths["tokenizer"], vocab_size)
+    write_json(marker, settings)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo's tokenizer
+
+
+def learn_wordpiece_vocab(texts, vocab_size):
+    """WordPiece vocabulary learned as tokenizers' WordPieceTrainer does (start from characters,
+    "##" on non-initial ones; repeatedly merge the most frequent adjacent pair), with ties broken
+    alphabetically so the result is the same in every run. The library's own trainer breaks ties
+    by hash-map order and gives different vocabularies from run to run."""
+    normalizer, pre_tokenizer = bert_normalizer(), pre_tokenizers.BertPreTokenizer()
+    word_counts = Counter(word for text in texts
+                          for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    pieces_of = {word: [word[0]] + ["##" + char for char in word[1:]] for word in sorted(word_counts)}
+    vocab = list(SPECIAL_TOKENS) + sorted({piece for pieces in pieces_of.values() for piece in pieces})
+    known = set(vocab)
+    while len(vocab) < vocab_size:
+        pair_counts = Counter()
+        for word, pieces in pieces_of.items():
+            for pair in zip(pieces, pieces[1:]):
+                pair_counts[pair] += word_counts[word]
+        if not pair_counts:
+            break
+        (left, right), _ = min(pair_counts.items(), key=lambda item: (-item[1], item[0]))
+        merged = left + right[2:]  # right is always a "##" piece
+        if merged not in known:
+            known.add(merged)
+            vocab.append(merged)
+        for word, pieces in pieces_of.items():
+            joined, index = [], 0
+            while index < len(pieces):
+                if index + 1 < len(pieces) and (pieces[index], pieces[index + 1]) == (left, right):
+                    joined.append(merged)
+                    index += 2
+                else:
+                    joined.append(pieces[index])
+                    index += 1
+            pieces_of[word] = joined
+    return vocab
+
+
+def train_tokenizer(texts, path, vocab_size):
+    """Train a KLUE-style WordPiece tokenizer on a small corpus and write it to path
+    (tokenizer.json: special tokens at ids 0..4, BERT normaliser and pre-tokeniser, [CLS] $A [SEP])."""
+    vocab = {token: token_id for token_id, token in enumerate(learn_wordpiece_vocab(texts, vocab_size))}
+    backend = BackendTokenizer(models.WordPiece(
+        vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100
+    ))
+    backend.normalizer = bert_normalizer()
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    backend.save(str(path))
+    return Tokenizer(backend, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# --demo in the training scripts
+
+
+def use_demo_data(args, rank, world_size):
+    """--demo: make the demo set (process 0 makes it while the others wait) and fill in the data flags
+    left unset: --captions, or --train and --dev; --images and --tokenizer."""
+    if world_size > 1 and rank != 0:
+        distributed.barrier()
+    paths = make_demo(args.demo_dir, seed=0)
+    if world_size > 1 and rank == 0:
+        distributed.barrier()
+    for flag, key in [("captions", "captions"), ("train", "vqa_train"), ("dev", "vqa_dev"), ("images", "images"),
+                      ("tokenizer", "tokenizer")]:
+        if hasattr(args, flag) and getattr(args, flag) is None:
+            setattr(args, flag, paths[key])
+
+
+DEMO_PRETRAINED = os.path.join("out", "pretrain_demo", "model.safetensors")
+
+
+def run_finetune_demo(args, argv, parse_args, train):
+    """`python finetune.py --demo`: three fine-tuning runs at equal steps, then the paper's tables. Pretrains
+    first when out/pretrain_demo/ has no checkpoint."""
+    if not os.path.exists(DEMO_PRETRAINED):
+        import pretrain  # here, not at the top: pretrain.py imports this file
+        print(f"{DEMO_PRETRAINED} is missing: running the pretraining demo first")
+        pretrain.train(pretrain.parse_args(["--demo", "--demo-dir", args.demo_dir]))
+    runs = [("with pretraining", "pretrained", ["--pretrained", DEMO_PRETRAINED]),
+            ("without pretraining", "scratch", []),
+            ("ViLT without pretraining", "vilt", ["--arch", "vilt"])]
+    results = {}
+    for label, folder, extra in runs:
+        print(f"\n== fine-tuning {label} ==")
+        run_args = parse_args([*argv, "--out", os.path.join(args.out, folder), *extra])  # the last --out wins
+        train(run_args)
+        with open(os.path.join(run_args.out, "results.json"), encoding="utf-8") as file:
+            results[label] = json.load(file)
+    print_demo_tables(results)
+
+
+def right_aligned(text, columns):
+    """Pad on the left to `columns` terminal columns; a Hangul syllable takes two."""
+    width = sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+    return " " * max(columns - width, 0) + text
+
+
+def print_demo_tables(results):
+    with_pretraining, without = results["with pretraining"], results["without pretraining"]
+    steps = [row["step"] for row in with_pretraining["history"]]
+    print("\ndev accuracy after fine-tuning steps (the paper's first table)")
+    print(f"{'':<24}" + "".join(f"{step:>9}" for step in steps))
+    for label in ("with pretraining", "without pretraining"):
+        print(f"{label:<24}" + "".join(f"{row['accuracy']:>9.4f}" for row in results[label]["history"]))
+    print("\naccuracy by answer type, % (the paper's second table)")
+    print(f"{'':<24}" + "".join(right_aligned(answer_type, 12) for answer_type in ANSWER_TYPES))
+    for label, result in (("with pretraining", with_pretraining), ("without pretraining", without)):
+        print(f"{label:<24}" + "".join(f"{100 * result['by_type'][answer_type]['accuracy']:>12.2f}"
+                                       for answer_type in ANSWER_TYPES))
+    print("\nKo-METER vs ViLT, dev accuracy %, both without pretraining (the paper's last comparison)")
+    print(f"{'Ko-METER':<24}{100 * without['overall']['accuracy']:>9.2f}")
+    print(f"{'ViLT':<24}{100 * results['ViLT without pretraining']['overall']['accuracy']:>9.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write the synthetic Korean shapes data set and its tokenizer.")
+    parser.add_argument("--out", default="demo_data", help="folder to write the demo into (default: demo_data)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    for name, path in make_demo(args.out, args.seed).items():
+        print(f"{name}: {path}")
+    print(f"seconds: {time.perf_counter() - start:.1f}")
+
+
+if __name__ == "__main__":
+    main()
