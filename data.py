@@ -36,13 +36,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from formats import open_rgb  # any image file -> an RGB picture (CMYK, 16-bit, alpha, EXIF rotation, bombs)
+
 # Batches of short captions gain nothing from the library's thread pool, and a pool started before
 # DataLoader workers fork makes every worker print a warning.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
-ANSWER_TYPES = ["예/아니오", "숫자", "알 수 없음", "그 외"]  # the paper's four answer types
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SPECIAL_TOKENS = ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")  # ids 0..4 in KLUE's vocabulary
@@ -163,55 +164,6 @@ class Tokenizer:
 
 PIXEL_SCALE = (1.0 / (255.0 * np.array(CLIP_STD))).astype(np.float32).reshape(3, 1, 1)  # uint8 -> normalised
 PIXEL_OFFSET = (-np.array(CLIP_MEAN) / np.array(CLIP_STD)).astype(np.float32).reshape(3, 1, 1)
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-WHITE = (255, 255, 255)
-
-
-def to_rgb(image):
-    """Any Pillow mode -> RGB: alpha composited on white, 16-bit scaled to 8 bits."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.float32) / 257.0           # 0..65535 -> 0..255
-        image = Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image) + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode in ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, WHITE)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode != "RGB":
-        return image.convert("RGB")
-    return image
-
-
-def open_rgb(path, min_side=None):
-    """Decode an image file to an RGB Pillow image, EXIF rotation applied.
-
-    With min_side, a JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, libjpeg's DCT scaling)
-    that keeps both sides >= min_side: much less work for a 224 or 384 crop of a large photo.
-    """
-    path = str(path)
-    try:
-        with Image.open(path) as image:
-            if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
-                raise ValueError(f"{path}: image too large ({image.width}x{image.height} pixels, "
-                                 f"limit {Image.MAX_IMAGE_PIXELS}; decompression bomb?)")
-            if min_side and image.format == "JPEG":
-                image.draft("RGB", (min_side, min_side))
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file not found") from None
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: image too large ({error})") from None
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"{path}: unreadable image ({error})") from None
-    except ValueError as error:
-        if str(error).startswith(path):
-            raise
-        raise ValueError(f"{path}: unreadable image ({error})") from None
 
 
 def resize_center_crop(image, size):
@@ -487,15 +439,13 @@ def collate_vqa(items, tokenizer, max_len):
             "indices": torch.tensor([item["index"] for item in items])}
 
 
-# The commands that used to live here moved off the reading path: `demo` and `check` still work.
-if __name__ == "__main__":
-    command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if command == "demo":
+if __name__ == "__main__":  # the old spellings of two commands that moved off the reading path
+    if sys.argv[1:2] == ["demo"]:
         import demo
-        demo.main(rest)
-    elif command == "check":
+        demo.main(sys.argv[2:])
+    elif sys.argv[1:2] == ["check"]:
         import formats
-        formats.main(["check", *rest])
+        formats.main(sys.argv[1:])
     else:
-        sys.exit("data.py has no commands of its own now: 'python demo.py' makes the demo set, "
+        sys.exit("data.py has no commands of its own: 'python demo.py' makes the demo set, "
                  "'python formats.py check' checks a data set, 'python bench.py --data' times image loading")

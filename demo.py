@@ -37,7 +37,8 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from checkpoints import write_json
-from data import ANSWER_TYPES, SPECIAL_TOKENS, Tokenizer, bert_normalizer
+from data import SPECIAL_TOKENS, Tokenizer, bert_normalizer
+from formats import ANSWER_TYPES
 
 DEMO_COLOURS = {"빨간색": ("red", (214, 39, 40)), "파란색": ("blue", (31, 89, 214)),
                 "초록색": ("green", (40, 160, 60)), "노란색": ("yellow", (240, 200, 20))}

@@ -150,7 +150,7 @@ def evaluate_vqa(model, loader, entries, answer_vocab, args, device):
 
     results = {"overall": summary(predictions),
                "by_type": {answer_type: summary([row for row in predictions if row["answer_type"] == answer_type])
-                           for answer_type in data.ANSWER_TYPES}}
+                           for answer_type in formats.ANSWER_TYPES}}
     return results, predictions
 
 

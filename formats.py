@@ -3,7 +3,7 @@
 Off the reading path: read it when you bring a new data set (this is the file to edit) or when `check` or a
 training script refuses yours. Every reader returns plain entries, the only thing data.py needs:
   captions  {"image": path, "caption": str, "image_id": str, "split": str}
-  questions {"image": path, "question": str, "answers": [str, ...], "answer_type": one of data.ANSWER_TYPES,
+  questions {"image": path, "question": str, "answers": [str, ...], "answer_type": one of ANSWER_TYPES,
              "question_id": ..., "image_id": str}
 The layout of a file is detected from its content:
   AIHub Korean MSCOCO captions   [{"file_path", "id", "captions", "caption_ko": [...]}, ...]
@@ -32,9 +32,64 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
-from data import ANSWER_TYPES
+ANSWER_TYPES = ["예/아니오", "숫자", "알 수 없음", "그 외"]  # the Ko-METER paper's four answer types
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+WHITE = (255, 255, 255)
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Image files of every kind -> RGB
+
+
+def to_rgb(image):
+    """Any Pillow mode -> RGB: alpha composited on white, 16-bit scaled to 8 bits."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float32) / 257.0           # 0..65535 -> 0..255
+        image = Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image) + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def open_rgb(path, min_side=None):
+    """Decode an image file to an RGB Pillow image, EXIF rotation applied.
+
+    With min_side, a JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, libjpeg's DCT scaling)
+    that keeps both sides >= min_side: much less work for a 224 or 384 crop of a large photo.
+    """
+    path = str(path)
+    try:
+        with Image.open(path) as image:
+            if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+                raise ValueError(f"{path}: image too large ({image.width}x{image.height} pixels, "
+                                 f"limit {Image.MAX_IMAGE_PIXELS}; decompression bomb?)")
+            if min_side and image.format == "JPEG":
+                image.draft("RGB", (min_side, min_side))
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: image too large ({error})") from None
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: unreadable image ({error})") from None
+    except ValueError as error:
+        if str(error).startswith(path):
+            raise
+        raise ValueError(f"{path}: unreadable image ({error})") from None
 
 
 # ----------------------------------------------------------------------------------------------

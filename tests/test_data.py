@@ -133,7 +133,7 @@ def test_word_starts_mark_continuation_pieces(tokenizer):
 
 
 def rgb_at(path, xy=(0, 0)):
-    return data.open_rgb(path).getpixel(xy)
+    return formats.open_rgb(path).getpixel(xy)
 
 
 def test_every_image_kind_decodes_to_rgb(tmp_path):
@@ -174,7 +174,7 @@ def test_exif_rotation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     image.save(tmp_path / "rotated.jpg", quality=95, exif=exif)
-    upright = data.open_rgb(tmp_path / "rotated.jpg")
+    upright = formats.open_rgb(tmp_path / "rotated.jpg")
     assert upright.size == (20, 40)
     top = upright.getpixel((10, 2))
     assert top[0] > 200 and top[2] < 60  # the left edge is now at the top
@@ -184,7 +184,7 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     save_jpeg(tmp_path / "big.jpg", size=(100, 100))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ValueError, match="big.jpg.*too large"):
-        data.open_rgb(tmp_path / "big.jpg")
+        formats.open_rgb(tmp_path / "big.jpg")
     assert formats.image_problem(str(tmp_path / "big.jpg")) == "image too large"
 
 
@@ -203,9 +203,9 @@ def test_draft_decoding_matches_full_decoding(tmp_path):
     rng = np.random.default_rng(0)
     coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
     coarse.resize((800, 600), Image.Resampling.BICUBIC).save(tmp_path / "photo.jpg", quality=92)
-    assert data.open_rgb(tmp_path / "photo.jpg", min_side=224).size == (400, 300)  # decoded at 1/2
+    assert formats.open_rgb(tmp_path / "photo.jpg", min_side=224).size == (400, 300)  # decoded at 1/2
     drafted = data.load_image(tmp_path / "photo.jpg", 224)
-    full = data.to_pixels(data.resize_center_crop(data.open_rgb(tmp_path / "photo.jpg"), 224))
+    full = data.to_pixels(data.resize_center_crop(formats.open_rgb(tmp_path / "photo.jpg"), 224))
     assert (drafted - full).abs().mean() < 0.03  # in normalised units: about 2 grey levels
 
 

@@ -49,7 +49,7 @@ def test_results_follow_the_spec(finetuned, demo_set):
     assert set(results) == {"steps", "overall", "by_type", "history"} and results["steps"] == 4
     dev_questions = len(formats.read_vqa(demo_set["vqa_dev"], demo_set["images"]))
     assert results["overall"]["n"] == dev_questions
-    assert list(results["by_type"]) == data.ANSWER_TYPES
+    assert list(results["by_type"]) == formats.ANSWER_TYPES
     assert sum(result["n"] for result in results["by_type"].values()) == dev_questions
     for result in [results["overall"], *results["by_type"].values()]:
         assert set(result) == {"accuracy", "vqa_score", "n"}
@@ -174,7 +174,7 @@ def test_predict_a_questions_file(finetuned, demo_set, tmp_path, capsys):
 
 def test_demo_tables(capsys):
     def result(accuracy):
-        by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1} for answer_type in data.ANSWER_TYPES}
+        by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1} for answer_type in formats.ANSWER_TYPES}
         history = [{"step": step, "accuracy": accuracy, "vqa_score": accuracy} for step in (10, 20, 30)]
         return {"steps": 30, "overall": {"accuracy": accuracy, "vqa_score": accuracy, "n": 4}, "by_type": by_type,
                 "history": history}
