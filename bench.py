@@ -1,21 +1,26 @@
-"""
-How fast is a Ko-METER pretraining step, how far from what the hardware can do, and how much faster than
-METER's way of computing the same losses? On synthetic inputs, after warm-up, median of timed repetitions.
+"""How fast is a Ko-METER training step, how far from what the hardware can do, and how much faster than METER's
+way of computing the same losses? On synthetic inputs, after warm-up, median of timed repetitions.
 
-Reports: the training step (MLM + ITM, forward, backward, AdamW) done this project's way (the image
-encoder once, MLM logits only where masked; SPEC §3) and METER's way (two full forward passes, MLM logits
-everywhere), their losses (identical) and speed ratio; model FLOPs per sample counted from the config;
-achieved FLOP/s against the device's measured matrix-multiply ceiling; VQA inference; data loading; on
-CUDA the projected wall time of the paper's 256 x 40,000 pretraining run.
+Off the reading path. Reports: the pretraining step (MLM + ITM, forward, backward, AdamW) done this project's
+way (the image encoder once, MLM logits only where a token is masked) and METER's way (two full forward
+passes, MLM logits everywhere), their losses (identical) and speed ratio; model FLOPs per sample counted from
+the config; achieved FLOP/s against the device's measured matrix-multiply ceiling (the model FLOP
+utilisation); the VQA fine-tuning step at 384 px; VQA inference; image loading per worker against what the
+step consumes. On CUDA it finds the largest micro-batch that fits and projects the paper's runs.
 
     python bench.py --config tiny                          # seconds on a laptop CPU
     python bench.py --config base --batch 2                # the base model on CPU, a few minutes
-    python bench.py --config base --batch 64 --device cuda --dtype bf16 --compile
+    python bench.py --config base --device cuda --dtype bf16 [--compile]   # the README's GPU check
+    python bench.py --memory --config base                 # activation memory per sample, 224/384/576 px
+    python bench.py --data                                 # image loading only, one worker
 """
 
 import argparse
 import contextlib
+import math
 import os
+import subprocess
+import sys
 import resource
 import statistics
 import tempfile
@@ -27,7 +32,8 @@ import torch
 from PIL import Image
 
 import data
-from model import CONFIGS, build_model, build_optimizer, compile_layers
+from finetune import FINETUNE_LR_MULTIPLIERS, vqa_losses
+from model import CONFIGS, build_model, build_optimizer, compile_layers, recompute_layers
 from pretrain import (PRETRAIN_LR_MULTIPLIERS, add_pretrain_targets, objective_means, pretrain_losses,
                       pretrain_losses_two_pass)
 
@@ -63,6 +69,13 @@ def forward_flops(cfg, text_tokens, masked_tokens, image_passes=1, text_passes=2
     mlm_tokens = text_tokens if mlm_everywhere else masked_tokens
     heads = 2 * mlm_tokens * (hidden * hidden + hidden * cfg.vocab_size) + 2 * 2 * hidden * 2
     return image_passes * vision + text_passes * (text + fusion) + heads
+
+
+def vqa_forward_flops(cfg, text_tokens, num_answers):
+    """Forward FLOPs of one VQA sample: both encoders and the fusion once, then the VQA head on cls_feats."""
+    cls_width = 2 * cfg.hidden_size
+    no_heads = forward_flops(cfg, text_tokens, 0, text_passes=1) - 2 * 2 * cfg.hidden_size * 2  # less the ITM head
+    return no_heads + 2 * (cls_width * cls_width + cls_width * num_answers)
 
 
 # -----------------------------------------------------------------------------
@@ -176,32 +189,142 @@ def autocast(device, dtype):
 
 
 # -----------------------------------------------------------------------------
+# Training steps on synthetic batches, and the largest micro-batch that fits.
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Speed of the Ko-METER pretraining step, VQA inference "
-                                                 "and data loading, on synthetic inputs.")
+def vqa_batch(cfg, batch_size, device, tokenizer, num_answers, seed=0):
+    """A VQA batch: 16-token questions, soft-score targets with one right answer each."""
+    batch = synthetic_batch(cfg, batch_size, 16, device, tokenizer, seed)
+    targets = torch.zeros(batch_size, num_answers, device=device)
+    targets[torch.arange(batch_size), torch.arange(batch_size) % num_answers] = 1.0
+    return {"pixels": batch["pixels"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "targets": targets}
+
+
+def training_step(model, optimizer, losses_function, batch, device, dtype):
+    """One update: forward and backward under the compute dtype, then AdamW."""
+    def run():
+        with autocast(device, dtype):
+            losses = losses_function(model, batch)
+        losses["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return run
+
+
+def largest_batch(make_step, device, start=8, limit=1024):
+    """The largest power-of-two micro-batch whose training step fits in the GPU's memory."""
+    fits, batch_size = None, start
+    while batch_size <= limit:
+        try:
+            make_step(batch_size)()
+            synchronize(device)
+            fits = batch_size
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        batch_size *= 2
+    if fits is None:
+        raise SystemExit(f"error: even a micro-batch of {start} does not fit in the GPU's memory")
+    return fits
+
+
+def resident_gib(field):
+    """VmRSS (now) or VmHWM (the peak since the last reset) of this process, from /proc/self/status."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 2 ** 20
+
+
+def activation_peak(args):
+    """Peak memory (GiB) of one forward and backward pass above what the weights and gradients already hold.
+    The --memory table's probe, one fresh process per setting. On the CPU the peak is the resident set's high-
+    water mark (Linux's VmHWM, reset through /proc/self/clear_refs), on CUDA the allocator's peak."""
+    device = torch.device(args.device)
+    cfg = replace(CONFIGS[args.config], image_size=args.image_size or CONFIGS[args.config].image_size)
+    model = build_model(cfg).to(device).train()
+    if args.recompute:
+        recompute_layers(model)
+    tokenizer = synthetic_tokenizer(cfg.vocab_size, tempfile.mkdtemp())
+    batch = synthetic_batch(cfg, args.batch, args.max_len, device, tokenizer)
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)  # the gradients' memory is there before the pass
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) / 2 ** 30
+    else:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current resident set
+        before = resident_gib("VmRSS")
+    pretrain_losses(model, batch)["loss"].backward()
+    synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else resident_gib("VmHWM")
+    return peak - before
+
+
+def memory_table(args):
+    """Activation memory per sample of the pretraining step, with and without recomputation: the peak of one
+    forward and backward pass of 2 samples, above the weights and gradients, halved."""
+    print(f"activation memory per sample of the {args.config} pretraining step, fp32, {args.device} (GiB: the "
+          "peak of a 2-sample forward and backward pass above the weights and gradients, halved)")
+    print(f"{'image':>8} {'kept':>10} {'recomputed':>12} {'ratio':>7}")
+    for size in (224, 384, 576):
+        per_sample = {}
+        for recompute in (False, True):
+            command = [sys.executable, os.path.abspath(__file__), "--activation-peak", "--config", args.config,
+                       "--device", args.device, "--image-size", str(size), "--batch", "2"]
+            result = subprocess.run(command + (["--recompute"] if recompute else []), capture_output=True,
+                                    text=True, check=True)
+            per_sample[recompute] = float(result.stdout.split()[-1]) / 2
+        print(f"{size:>6}px {per_sample[False]:>10.3f} {per_sample[True]:>12.3f} "
+              f"{per_sample[False] / max(per_sample[True], 1e-9):>6.1f}x")
+
+
+# -----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Speed of the Ko-METER training steps, VQA inference and data "
+                                                 "loading, on synthetic inputs.")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="model size (default tiny)")
-    parser.add_argument("--batch", type=int, default=None, help="samples per step (default: 64 tiny, 2 base on "
-                                                                "CPU, 64 base on CUDA)")
+    parser.add_argument("--batch", type=int, default=None, help="pretraining samples per step (default: 64 tiny, "
+                        "2 base on CPU; on CUDA the largest power of two that fits)")
     parser.add_argument("--image-size", type=int, default=None, help="pixels per side (default: the config's)")
+    parser.add_argument("--vqa-size", type=int, default=384, help="image side of the VQA fine-tuning step (default "
+                        "384; METER's recipe uses 576)")
     parser.add_argument("--max-len", type=int, default=40, help="text tokens per sample (default 40, the paper's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                         help="compute dtype: bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every transformer layer first")
+    parser.add_argument("--recompute", action="store_true", help="recompute layer activations in the backward pass")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 10 CUDA, 3 CPU)")
     parser.add_argument("--vqa-batch", type=int, default=None, help="large VQA inference batch (default 64/256)")
+    parser.add_argument("--workers", type=int, default=16, help="data-loading workers the GPU host can run "
+                        "(default 16: one per core of a 16-core host)")
     parser.add_argument("--skip-data", action="store_true", help="do not measure image loading")
     parser.add_argument("--data", action="store_true", help="measure image loading only: one worker, naive "
                         "Pillow path against data.load_image")
     parser.add_argument("--num-images", type=int, default=100, help="with --data: JPEGs to make and load (default 100)")
     parser.add_argument("--photo-size", default="640x480", help="with --data: size of the test JPEGs (default 640x480)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--memory", action="store_true", help="only the table of activation memory per sample at "
+                        "224, 384 and 576 px, with and without --recompute")
+    parser.add_argument("--activation-peak", action="store_true", help=argparse.SUPPRESS)  # --memory's probe
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.data:
         photo_size = tuple(int(side) for side in args.photo_size.split("x"))
         size = args.image_size or 224  # the paper's pretraining size, whatever --config
         for name, value in bench_loading(args.num_images, size, photo_size=photo_size).items():
             print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}")
+        return
+    if args.activation_peak:
+        print(f"activation_peak_gib: {activation_peak(args):.4f}")
+        return
+    if args.memory:
+        memory_table(args)
         return
 
     device = torch.device(args.device)
@@ -210,29 +333,32 @@ def main(argv=None):
     cfg = CONFIGS[args.config]
     if args.image_size:
         cfg = replace(cfg, image_size=args.image_size)
-    batch_size = args.batch or (2 if args.config == "base" and not on_cuda else 64)
     repeats = args.repeats or (10 if on_cuda else 3)
+    warmup = 3 if args.compile else 1
     torch.manual_seed(0)
     if on_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    model = build_model(cfg).to(device).train()
-    if args.compile:
-        compile_layers(model)
+    def prepared(model):
+        if args.recompute:
+            recompute_layers(model)
+        if args.compile:
+            compile_layers(model)
+        return model.to(device).train()
+
+    model = prepared(build_model(cfg))
     optimizer = build_optimizer(model, 1e-5, PRETRAIN_LR_MULTIPLIERS)
     tokenizer = synthetic_tokenizer(cfg.vocab_size, tempfile.mkdtemp())
+
+    def pretraining_step(batch_size):
+        return training_step(model, optimizer, pretrain_losses,
+                             synthetic_batch(cfg, batch_size, args.max_len, device, tokenizer), device, dtype)
+
+    batch_size = args.batch or (largest_batch(pretraining_step, device) if on_cuda
+                                else 2 if args.config == "base" else 64)
     batch = synthetic_batch(cfg, batch_size, args.max_len, device, tokenizer)
     masked_tokens = (batch["mlm_labels"] != -100).sum().item() / batch_size
-
-    def step(losses_function):
-        def run():
-            with autocast(device, dtype):
-                losses = losses_function(model, batch)
-            losses["loss"].backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return run
 
     # identical losses: both ways on the same weights, without dropout and in fp32
     model.eval()
@@ -245,36 +371,63 @@ def main(argv=None):
     print(f"Ko-METER bench: config {args.config}, batch {batch_size}, image {cfg.image_size} px, "
           f"text {args.max_len} tokens, {device.type} "
           f"({torch.cuda.get_device_name(device) if on_cuda else f'{torch.get_num_threads()} threads'}), "
-          f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}{', compiled' if args.compile else ''}, "
-          f"torch {torch.__version__}")
-    ceiling = matmul_ceiling(device, torch.bfloat16 if on_cuda else torch.float32)
-    ceiling_name = "bf16" if on_cuda else "fp32"
+          f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}{', compiled' if args.compile else ''}"
+          f"{', recomputed' if args.recompute else ''}, torch {torch.__version__}")
+    ceiling = matmul_ceiling(device, dtype)
+    ceiling_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    warmup = 3 if args.compile else 1
-    seconds = median_seconds(step(pretrain_losses), device, repeats, warmup)
+    seconds = median_seconds(training_step(model, optimizer, pretrain_losses, batch, device, dtype), device,
+                             repeats, warmup)
     memory = peak_memory_gib(device)
-    meter_seconds = median_seconds(step(pretrain_losses_two_pass), device, repeats, warmup)
+    meter_seconds = median_seconds(training_step(model, optimizer, pretrain_losses_two_pass, batch, device, dtype),
+                                   device, repeats, warmup)
 
     flops = 3 * forward_flops(cfg, args.max_len, masked_tokens)  # backward = twice the forward
     meter_flops = 3 * forward_flops(cfg, args.max_len, masked_tokens, image_passes=2, mlm_everywhere=True)
     achieved = flops * batch_size / seconds
+    samples_per_s = batch_size / seconds
     rows = [
-        ("training step, this project (one image pass)", f"{rate(batch_size / seconds)} samples/s",
+        ("pretraining step, this project (one image pass)", f"{rate(samples_per_s)} samples/s",
          f"{seconds * 1e3:,.0f} ms/step", f"peak memory {memory:.2f} GiB"),
-        ("training step, METER's way (two passes)", f"{rate(batch_size / meter_seconds)} samples/s",
+        ("pretraining step, METER's way (two passes)", f"{rate(batch_size / meter_seconds)} samples/s",
          f"{meter_seconds * 1e3:,.0f} ms/step", f"speed-up {meter_seconds / seconds:.2f}x"),
         ("losses of the two ways", f"max difference {loss_difference:.1e}", "", ""),
-        ("model FLOPs per training sample", f"{flops / 1e9:,.1f} GFLOP",
+        ("model FLOPs per pretraining sample", f"{flops / 1e9:,.1f} GFLOP",
          f"METER's way {meter_flops / 1e9:,.1f} GFLOP", ""),
-        ("achieved", f"{achieved / 1e12:,.3f} TFLOP/s",
+        ("achieved, pretraining", f"{achieved / 1e12:,.3f} TFLOP/s",
          f"{ceiling_name} matmul ceiling {ceiling / 1e12:,.3f} TFLOP/s", f"{achieved / ceiling:.0%} of ceiling"),
     ]
+    if on_cuda:
+        hours = 40000 * 256 / samples_per_s / 3600
+        rows.append(("paper's pretraining, 256 x 40,000 steps", f"projected {hours:.1f} h",
+                     f"micro-batch {batch_size}, {math.ceil(256 / batch_size)} per step", ""))
+    del model, optimizer, batch
 
-    vqa_model = build_model(replace(cfg, num_answers=3811)).to(device).eval()
+    num_answers = 3811
+    vqa_cfg = replace(cfg, image_size=args.vqa_size if args.config == "base" else cfg.image_size, num_answers=num_answers)
+    vqa_model = prepared(build_model(vqa_cfg))
+    vqa_optimizer = build_optimizer(vqa_model, 5e-6, FINETUNE_LR_MULTIPLIERS)
+
+    def vqa_step(size):
+        return training_step(vqa_model, vqa_optimizer, vqa_losses,
+                             vqa_batch(vqa_cfg, size, device, tokenizer, num_answers), device, dtype)
+
+    vqa_train_batch = largest_batch(vqa_step, device) if on_cuda else (1 if args.config == "base" else 32)
+    vqa_step_seconds = median_seconds(vqa_step(vqa_train_batch), device, repeats, warmup)
+    vqa_flops = 3 * vqa_forward_flops(vqa_cfg, 16, num_answers)
+    vqa_achieved = vqa_flops * vqa_train_batch / vqa_step_seconds
+    rows.append((f"VQA fine-tuning step, {vqa_cfg.image_size} px, batch {vqa_train_batch}",
+                 f"{rate(vqa_train_batch / vqa_step_seconds)} samples/s", f"{vqa_achieved / 1e12:,.3f} TFLOP/s",
+                 f"{vqa_achieved / ceiling:.0%} of ceiling"))
+    if on_cuda:
+        hours = 10250 * 512 / (vqa_train_batch / vqa_step_seconds) / 3600
+        rows.append(("paper's fine-tuning, 512 x 10,250 steps", f"projected {hours:.1f} h", "", ""))
+
+    vqa_model.eval()
     large = args.vqa_batch or (256 if on_cuda else 64)
     for size in (1, large):
-        inputs = synthetic_batch(cfg, size, 16, device, tokenizer)
+        inputs = synthetic_batch(vqa_cfg, size, 16, device, tokenizer)
 
         def answer():
             with torch.no_grad(), autocast(device, dtype):
@@ -286,13 +439,13 @@ def main(argv=None):
 
     if not args.skip_data:
         loading = bench_loading(size=cfg.image_size)
-        rows.append(("data loading, one worker (640x480 JPEG)",
-                     f"{loading['project_images_per_s']:,.0f} images/s",
+        per_worker = loading["project_images_per_s"]
+        rows.append(("data loading, one worker (640x480 JPEG)", f"{per_worker:,.0f} images/s",
                      f"naive Pillow {loading['naive_images_per_s']:,.0f} images/s",
-                     f"{loading['project_images_per_s'] / loading['naive_images_per_s']:.1f}x"))
-    if on_cuda:
-        hours = 40000 * 256 / (batch_size / seconds) / 3600
-        rows.append(("paper's run, 256 x 40,000 steps", f"projected {hours:.1f} h", "", ""))
+                     f"{per_worker / loading['naive_images_per_s']:.1f}x"))
+        rows.append(("data: the pretraining step consumes", f"{rate(samples_per_s)} images/s",
+                     f"{args.workers} workers give {per_worker * args.workers:,.0f}",
+                     f"needs {math.ceil(samples_per_s / per_worker)} workers"))
 
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:

@@ -24,8 +24,6 @@ import shutil
 
 from safetensors.torch import load_file, save_file
 
-from load_weights import save_model
-
 SNAPSHOTS_KEPT = 2  # step_NNNNNN/ folders kept beside the latest checkpoint
 RESUME_MUST_MATCH = ["config", "batch", "steps", "lr", "seed", "image_size", "max_len"]
 
@@ -35,12 +33,18 @@ RESUME_MUST_MATCH = ["config", "batch", "steps", "lr", "seed", "image_size", "ma
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="w"):
-    """Open a temporary file beside `path` for writing; on success it replaces `path` in one rename."""
+def atomic_path(path):
+    """A temporary path beside `path`, renamed onto it when the block ends without an error."""
     temporary = f"{path}.tmp"
-    with open(temporary, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
-        yield file
+    yield temporary
     os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w"):
+    """A file to write in place of `path`, which it replaces in one rename when the block ends."""
+    with atomic_path(path) as temporary, open(temporary, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+        yield file
 
 
 def write_json(path, value):
@@ -57,6 +61,14 @@ def write_jsonl(path, rows):
 def read_json(path):
     with open(path, encoding="utf-8") as file:
         return json.load(file)
+
+
+def save_model(model, path, metadata=None):
+    """The model as safetensors, its config in the metadata (what load_weights.load_meter reads back)."""
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    info = {"format": "ko-meter", "config": json.dumps(model.cfg.to_dict()), **(metadata or {})}
+    with atomic_path(path) as temporary:
+        save_file(state, temporary, metadata=info)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Second stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.py). Sections:
   1. the KLUE WordPiece tokenizer: [CLS] pieces [SEP], padded;
   2. CLIP's image preprocessing (resize the short side, center crop, normalise) and RandAugment;
-  3. pretraining targets: whole-word MLM masking and ITM pairs, exactly half of them matched (METER §4);
+  3. pretraining targets: whole-word MLM masking and ITM pairs, half of them matched (METER §4);
   4. caption and VQA datasets and their collates, the answer vocabulary, soft scores and the dev split.
 Reading the AIHub files into entries is formats.py's job; the synthetic demo set is demo.py's.
 
@@ -280,16 +280,22 @@ def mask_tokens(input_ids, tokenizer, generator, probability=0.15, whole_word=Tr
     """(masked_ids, labels) for MLM: words are selected with `probability`; each selected token
     becomes [MASK] (80%), a random non-special id (10%) or stays (10%); labels -100 elsewhere.
 
-    A word is a piece plus its following "##" pieces (whole_word) or every single piece.
+    A word is a piece plus its following "##" pieces (whole_word) or every single piece. Worked example:
+        tokens       [CLS]  빨간  ##색   원   [SEP] [PAD]
+        starts         0     1     0     1     0     0     (candidates: not special)
+        word_index     0     1     1     2     2     2     (cumsum of starts: the word each token belongs to)
+    a draw at each word start picks words; every token takes its word's draw back through word_index, and the
+    "& candidates" drops [SEP] and [PAD], which share the last word's index. Drawing at every position and
+    keeping the starts' draws keeps the random stream the same shape whatever the words.
     """
     batch, length = input_ids.shape
     candidates = ~tokenizer.special[input_ids]                                     # [B, T]
     starts = tokenizer.word_starts(input_ids) & candidates if whole_word else candidates
     word_index = torch.cumsum(starts.long(), dim=1)                                # [B, T], 0 before word 1
     start_drawn = starts & (torch.rand(input_ids.shape, generator=generator) < probability)
-    word_chosen = torch.zeros((batch, length + 1), dtype=torch.long)              # [B, words + 1]
-    word_chosen.scatter_reduce_(1, word_index, start_drawn.long(), reduce="amax")
-    selected = word_chosen.gather(1, word_index).bool() & candidates              # [B, T]
+    word_chosen = torch.zeros((batch, length + 1), dtype=torch.long)              # [B, T + 1]: at most T words
+    word_chosen.scatter_reduce_(1, word_index, start_drawn.long(), reduce="amax")  # 1 where a word was drawn
+    selected = word_chosen.gather(1, word_index).bool() & candidates              # [B, T]: its tokens
     if not selected.any() and starts.any():
         start_positions = starts.nonzero()                                         # [W, 2]
         row, column = start_positions[torch.randint(len(start_positions), (1,), generator=generator)][0]
@@ -351,7 +357,9 @@ def collate_captions(items, tokenizer, max_len):
 
 
 def answer_scores(answers):
-    """{answer: soft score}: min(1, 0.3 · annotators who gave it); a lone answer scores 1."""
+    """{answer: soft score}: VQA v2's metric, min(1, 0.3 x the annotators who gave it), so an answer 4 of 10
+    annotators gave is fully right and one given once 0.3 right. A data set with one answer per question (the
+    AIHub sets) gives that answer 1."""
     counts = Counter(answers)
     if len(answers) == 1:
         return {answers[0]: 1.0}
@@ -360,35 +368,33 @@ def answer_scores(answers):
 
 def build_answer_vocab(entries, num_answers):
     """The num_answers most frequent annotator answers (ties: alphabetical, so order-free)."""
-    counts = Counter(answer for entry in entries for answer in entry["answers"])
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ranked = sorted(entries.answer_counts().items(), key=lambda item: (-item[1], item[0]))
     return [answer for answer, _ in ranked[:num_answers]]
 
 
 def drop_unanswerable(entries, answer_vocab):
     """Training keeps only questions with at least one answer in the vocabulary (METER's VQA recipe)."""
-    known = set(answer_vocab)
-    return [entry for entry in entries if any(answer in known for answer in entry["answers"])]
+    return entries.select(entries.any_answer(set(answer_vocab).__contains__))
 
 
 def split_dev(entries, dev_size, seed):
-    """(train, dev) by image: images in a seeded random order go to dev until it holds at least
-    dev_size questions; no image is in both; the same for the same entries and seed."""
-    image_ids = sorted({entry["image_id"] for entry in entries})
-    if dev_size >= len(entries) or len(image_ids) < 2:
+    """(train, dev) by image file: images in a seeded random order (of their paths) go to dev until it holds at
+    least dev_size questions; no image is in both; the same for the same entries and seed."""
+    images = entries.column("image")  # [N] one code per image file, in the order of the files' paths
+    image_codes, questions_per_image = np.unique(images, return_counts=True)
+    if dev_size >= len(entries) or len(image_codes) < 2:
         raise ValueError(f"dev split: {dev_size} dev questions asked of {len(entries)} questions "
-                         f"on {len(image_ids)} images; need fewer questions or more images")
-    random.Random(seed).shuffle(image_ids)
-    questions_per_image = Counter(entry["image_id"] for entry in entries)
-    dev_images, dev_count = set(), 0
-    for image_id in image_ids[:-1]:
+                         f"on {len(image_codes)} images; need fewer questions or more images")
+    order = list(range(len(image_codes)))
+    random.Random(seed).shuffle(order)
+    dev_images, dev_count = [], 0
+    for position in order[:-1]:
         if dev_count >= dev_size:
             break
-        dev_images.add(image_id)
-        dev_count += questions_per_image[image_id]
-    train = [entry for entry in entries if entry["image_id"] not in dev_images]
-    dev = [entry for entry in entries if entry["image_id"] in dev_images]
-    return train, dev
+        dev_images.append(image_codes[position])
+        dev_count += int(questions_per_image[position])
+    in_dev = np.isin(images, dev_images)
+    return entries.select(~in_dev), entries.select(in_dev)
 
 
 class VqaDataset(torch.utils.data.Dataset):
@@ -406,12 +412,7 @@ class VqaDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        answer_index = {answer: index for index, answer in enumerate(answer_vocab)}
-        self.target_slots = []  # per entry: (answer indices, soft scores)
-        for entry in entries:
-            scores = answer_scores(entry["answers"]) if entry["answers"] else {}
-            known = [(answer_index[answer], score) for answer, score in scores.items() if answer in answer_index]
-            self.target_slots.append(([index for index, _ in known], [score for _, score in known]))
+        self.answer_index = {answer: index for index, answer in enumerate(answer_vocab)}
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -423,8 +424,9 @@ class VqaDataset(torch.utils.data.Dataset):
         entry = self.entries[index]
         rng = random.Random(f"{self.seed}:{self.epoch}:{index}") if self.augment else None
         targets = torch.zeros(self.num_answers)
-        answer_indices, scores = self.target_slots[index]
-        targets[answer_indices] = torch.tensor(scores, dtype=torch.float32)
+        for answer, score in (answer_scores(entry["answers"]) if entry["answers"] else {}).items():
+            if answer in self.answer_index:
+                targets[self.answer_index[answer]] = score
         return {"pixels": load_image(entry["image"], self.image_size, self.augment, rng),
                 "question": entry["question"], "targets": targets,
                 "question_id": entry["question_id"], "index": index}

@@ -1,12 +1,15 @@
-"""The synthetic demo set: coloured shapes with Korean captions and questions, in the AIHub layouts.
+"""The synthetic demo sets: Korean captions and questions about generated pictures, in the AIHub layouts.
 
 Off the reading path: it exists so that `--demo` runs everywhere with no download. Read it when you want to
-know what the demo's tables are measured on, or to make a demo set of another size. It writes:
+know what the demo's tables are measured on, or to make a demo set of another size. There are two worlds,
+made by separate code so that a result is not an artefact of one generator: coloured shapes in the quarters
+of a picture (this file) and coloured bars with dots (bars_world.py). For either it writes:
   MSCOCO_train_val_Korean.json   AIHub Korean MSCOCO captions (file_path under images/, caption_ko x 5)
   vqa_train.json, vqa_dev.json   AIHub 생활 및 거주환경 VQA labels, on other pictures
-  images/{train2014,val2014}/COCO_*.jpg, images/shapes/shapes_*.jpg
-  tokenizer.json                 a KLUE-style WordPiece vocabulary learned from the demo's own text
-and prints the paper's tables after `python finetune.py --demo`.
+  images/{train2014,val2014}/COCO_*.jpg, images/<world>/<world>_*.jpg
+  tokenizer.json                 a KLUE-style WordPiece vocabulary learned from the world's own text
+and, after `python finetune.py --demo [--world bars] [--seeds N]`, prints the paper's tables as mean ±
+standard deviation over the seeds, beside what the question's words alone score.
 
     python demo.py --out demo_data     # about 1 s on CPU; the same seed writes the same bytes
 
@@ -19,13 +22,16 @@ Choices:
 - The tokenizer's WordPiece vocabulary is learned in a few lines of Python (the algorithm of tokenizers'
   WordPieceTrainer, ties broken alphabetically): the library's trainer breaks ties by hash-map order and
   gives a different vocabulary from run to run.
+- The "question only" row answers each dev question with the most frequent training answer of the same
+  words: a model that does not beat it has learned the questions, not the pictures.
+- --seeds N runs seeds --seed .. --seed + N - 1 of every fine-tuning from the same pretrained model; the
+  spread is the sample standard deviation over those runs.
 """
 
 import argparse
 import json
 import os
 import random
-import sys
 import time
 import unicodedata
 from collections import Counter
@@ -36,6 +42,8 @@ from PIL import Image, ImageDraw
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+import bars_world
+import formats
 from checkpoints import write_json
 from data import SPECIAL_TOKENS, Tokenizer, bert_normalizer
 from formats import ANSWER_TYPES
@@ -212,20 +220,23 @@ def demo_questions(objects, rng, count):
 
 
 def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_dev_images=125,
-              questions_per_image=4, image_size=96, vocab_size=300):
-    """Write the synthetic Korean shapes data set; return {"captions", "vqa_train", "vqa_dev",
-    "images", "tokenizer"} paths. Same seed and sizes -> same bytes; an existing complete demo
-    made with the same settings (demo_done.json) is reused as it is.
+              questions_per_image=4, image_size=96, vocab_size=300, world="shapes"):
+    """Write the synthetic Korean data set of a world (WORLDS); return {"captions", "vqa_train",
+    "vqa_dev", "images", "tokenizer"} paths. Same world, seed and sizes -> same bytes; an existing
+    complete demo made with the same settings (demo_done.json) is reused as it is.
 
     out_dir/MSCOCO_train_val_Korean.json   AIHub MSCOCO captions, file_path under images/
     out_dir/vqa_train.json, vqa_dev.json   AIHub 생활 및 거주환경 VQA labels (different images)
-    out_dir/images/{train2014,val2014}/COCO_*.jpg and images/shapes/shapes_*.jpg
+    out_dir/images/{train2014,val2014}/COCO_*.jpg and images/<world>/<world>_*.jpg
     out_dir/tokenizer.json                 WordPiece trained on the demo's text
     """
     out = Path(out_dir)
+    scene_of, draw, captions_of, questions_of, version = WORLDS[world]
     settings = {"seed": seed, "caption_images": caption_images, "vqa_train_images": vqa_train_images,
                 "vqa_dev_images": vqa_dev_images, "questions_per_image": questions_per_image,
-                "image_size": image_size, "vocab_size": vocab_size, "version": DEMO_VERSION}
+                "image_size": image_size, "vocab_size": vocab_size, "version": version}
+    if world != "shapes":  # the shapes world's settings stay as they were, so its demo_data/ is reused
+        settings["world"] = world
     paths = {"captions": str(out / "MSCOCO_train_val_Korean.json"), "vqa_train": str(out / "vqa_train.json"),
              "vqa_dev": str(out / "vqa_dev.json"), "images": str(out / "images"),
              "tokenizer": str(out / "tokenizer.json")}
@@ -235,7 +246,7 @@ def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_de
         if complete and json.loads(marker.read_text(encoding="utf-8")) == settings:
             return paths
         marker.unlink()
-        for folder in ("train2014", "val2014", "shapes"):  # a demo's own images, made for other settings
+        for folder in ("train2014", "val2014", *WORLDS):  # a demo's own images, made for other settings
             for old_image in sorted((out / "images" / folder).glob("*.jpg")):
                 old_image.unlink()
     texts = []
@@ -244,27 +255,27 @@ def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_de
     for image_id in range(1, caption_images + 1):
         split = "val2014" if image_id > 0.95 * caption_images else "train2014"
         file_path = f"{split}/COCO_{split}_{image_id:012d}.jpg"
-        objects = demo_scene(caption_rng)
+        scene = scene_of(caption_rng)
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        draw_scene(objects, image_size, caption_rng).save(out / "images" / file_path, quality=95)
-        korean, english = demo_captions(objects, caption_rng)
+        draw(scene, image_size, caption_rng).save(out / "images" / file_path, quality=95)
+        korean, english = captions_of(scene, caption_rng)
         caption_records.append({"file_path": file_path, "id": image_id, "captions": english,
                                 "caption_ko": korean})
         texts += korean
     write_json(paths["captions"], caption_records)
     vqa_rng = random.Random(f"{seed}:vqa")
-    (out / "images" / "shapes").mkdir(parents=True, exist_ok=True)
+    (out / "images" / world).mkdir(parents=True, exist_ok=True)
     first_image = 1
     for name, image_count in (("vqa_train", vqa_train_images), ("vqa_dev", vqa_dev_images)):
         images, questions = [], []
         for image_id in range(first_image, first_image + image_count):
-            objects = demo_scene(vqa_rng)
-            file_name = f"shapes_{image_id:06d}.jpg"
-            draw_scene(objects, image_size, vqa_rng).save(out / "images" / "shapes" / file_name, quality=95)
-            images.append({"image_id": image_id, "image": file_name, "category": "shapes",
+            scene = scene_of(vqa_rng)
+            file_name = f"{world}_{image_id:06d}.jpg"
+            draw(scene, image_size, vqa_rng).save(out / "images" / world / file_name, quality=95)
+            images.append({"image_id": image_id, "image": file_name, "category": world,
                            "width": image_size, "height": image_size})
             for number, (question, answer, answer_type) in enumerate(
-                    demo_questions(objects, vqa_rng, questions_per_image)):
+                    questions_of(scene, vqa_rng, questions_per_image)):
                 questions.append({"image_id": image_id, "question_id": image_id * 100 + number,
                                   "question": question, "answer": answer, "answer_type": answer_type})
                 texts += [question, answer]
@@ -273,6 +284,15 @@ def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_de
     train_tokenizer(texts, paths["tokenizer"], vocab_size)
     write_json(marker, settings)
     return paths
+
+
+# The worlds make_demo can write: (scene(rng), draw(scene, image_size, rng), captions(scene, rng) -> (Korean,
+# English), questions(scene, rng, count) -> [(question, answer, answer type)], version of its data).
+WORLDS = {
+    "shapes": (demo_scene, draw_scene, demo_captions, demo_questions, DEMO_VERSION),
+    "bars": (bars_world.bars_scene, bars_world.draw_bars, bars_world.bars_captions, bars_world.bars_questions,
+             bars_world.BARS_VERSION),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,12 +358,23 @@ def train_tokenizer(texts, path, vocab_size):
 # --demo in the training scripts
 
 
+def follow_world(args, demo_out):
+    """--world names the demo's folders: demo_data/ and the demo's default --out (demo_out) for the shapes
+    world, the same names with _<world> after them for another, so that worlds do not overwrite each other.
+    Runs before the defaults are filled in, while an --out left unset is still None."""
+    suffix = "" if args.world == "shapes" else f"_{args.world}"
+    if args.demo_dir is None:
+        args.demo_dir = f"demo_data{suffix}"
+    if args.demo and args.out is None:
+        args.out = demo_out + suffix
+
+
 def use_demo_data(args, rank, world_size):
-    """--demo: make the demo set (process 0 makes it while the others wait) and fill in the data flags
-    left unset: --captions, or --train and --dev; --images and --tokenizer."""
+    """--demo: make the demo set of --world (process 0 makes it while the others wait) and fill in the data
+    flags left unset: --captions, or --train and --dev; --images and --tokenizer."""
     if world_size > 1 and rank != 0:
         distributed.barrier()
-    paths = make_demo(args.demo_dir, seed=0)
+    paths = make_demo(args.demo_dir, seed=0, world=args.world)
     if world_size > 1 and rank == 0:
         distributed.barrier()
     for flag, key in [("captions", "captions"), ("train", "vqa_train"), ("dev", "vqa_dev"), ("images", "images"),
@@ -352,27 +383,68 @@ def use_demo_data(args, rank, world_size):
             setattr(args, flag, paths[key])
 
 
-DEMO_PRETRAINED = os.path.join("out", "pretrain_demo", "model.safetensors")
+def demo_pretrained(world):
+    """Where `python pretrain.py --demo --world WORLD` leaves its model."""
+    suffix = "" if world == "shapes" else f"_{world}"
+    return os.path.join("out", f"pretrain_demo{suffix}", "model.safetensors")
 
 
 def run_finetune_demo(args, argv, parse_args, train):
-    """`python finetune.py --demo`: three fine-tuning runs at equal steps, then the paper's tables. Pretrains
-    first when out/pretrain_demo/ has no checkpoint."""
-    if not os.path.exists(DEMO_PRETRAINED):
+    """`python finetune.py --demo`: three fine-tuning runs at equal steps, each --seeds times, then the paper's
+    tables. Pretrains first when the world's out/pretrain_demo*/ has no checkpoint."""
+    pretrained = demo_pretrained(args.world)
+    if not os.path.exists(pretrained):
         import pretrain  # here, not at the top: pretrain.py imports this file
-        print(f"{DEMO_PRETRAINED} is missing: running the pretraining demo first")
-        pretrain.train(pretrain.parse_args(["--demo", "--demo-dir", args.demo_dir]))
-    runs = [("with pretraining", "pretrained", ["--pretrained", DEMO_PRETRAINED]),
-            ("without pretraining", "scratch", []),
-            ("ViLT without pretraining", "vilt", ["--arch", "vilt"])]
+        print(f"{pretrained} is missing: running the pretraining demo first")
+        pretrain.train(pretrain.parse_args(["--demo", "--demo-dir", args.demo_dir, "--world", args.world]))
+    cells = [("with pretraining", os.path.join(args.out, "pretrained"), ["--pretrained", pretrained]),
+             ("without pretraining", os.path.join(args.out, "scratch"), []),
+             ("ViLT without pretraining", os.path.join(args.out, "vilt"), ["--arch", "vilt"])]
+    results, run_args = run_cells(cells, args, argv, parse_args, train)
+    print_demo_tables(results, question_only_results(run_args))
+
+
+def run_seeds(args, argv, parse_args, train):
+    """`--seeds N` on a single fine-tuning: N runs, then their mean and spread."""
+    results, run_args = run_cells([("fine-tuned", args.out, [])], args, argv, parse_args, train)
+    print_demo_tables(results, question_only_results(run_args))
+
+
+def run_cells(cells, args, argv, parse_args, train):
+    """Fine-tune every (label, out, extra flags) cell with seeds --seed .. --seed + --seeds - 1: the first
+    seed's run in out, the others in out_seed<s>. Returns ({label: [results.json of each seed]}, the
+    arguments of the last run)."""
     results = {}
-    for label, folder, extra in runs:
-        print(f"\n== fine-tuning {label} ==")
-        run_args = parse_args([*argv, "--out", os.path.join(args.out, folder), *extra])  # the last --out wins
-        train(run_args)
-        with open(os.path.join(run_args.out, "results.json"), encoding="utf-8") as file:
-            results[label] = json.load(file)
-    print_demo_tables(results)
+    for seed in range(args.seed, args.seed + args.seeds):
+        for label, out, extra in cells:
+            out = out if seed == args.seed else f"{out}_seed{seed}"
+            print(f"\n== fine-tuning {label}, seed {seed} ==")
+            run_args = parse_args([*argv, "--out", out, "--seed", str(seed), *extra])  # the last one wins
+            train(run_args)
+            with open(os.path.join(run_args.out, "results.json"), encoding="utf-8") as file:
+                results.setdefault(label, []).append(json.load(file))
+    return results, run_args
+
+
+def question_only_results(args):
+    """What the words alone score: each dev question answered with the most frequent training answer of the
+    same question (of all training questions when the question is new), overall and by type, in the shape of
+    results.json; None without a --dev file. A model that looks at the picture must do better."""
+    if not args.dev:
+        return None
+    train_entries, dev_entries = formats.read_vqa(args.train, args.images), formats.read_vqa(args.dev, args.images)
+    by_question, overall = {}, Counter()
+    for entry in train_entries:
+        by_question.setdefault(entry["question"], Counter()).update(entry["answers"])
+        overall.update(entry["answers"])
+    correct = {answer_type: [] for answer_type in ANSWER_TYPES}
+    for entry in dev_entries:
+        guess = by_question.get(entry["question"], overall).most_common(1)[0][0]
+        correct[entry["answer_type"]].append(guess == Counter(entry["answers"]).most_common(1)[0][0])
+    every = [hit for hits in correct.values() for hit in hits]
+    return {"overall": {"accuracy": sum(every) / max(len(every), 1), "n": len(every)},
+            "by_type": {answer_type: {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits)}
+                        for answer_type, hits in correct.items()}}
 
 
 def right_aligned(text, columns):
@@ -381,30 +453,66 @@ def right_aligned(text, columns):
     return " " * max(columns - width, 0) + text
 
 
-def print_demo_tables(results):
-    with_pretraining, without = results["with pretraining"], results["without pretraining"]
-    steps = [row["step"] for row in with_pretraining["history"]]
-    print("\ndev accuracy after fine-tuning steps (the paper's first table)")
-    print(f"{'':<24}" + "".join(f"{step:>9}" for step in steps))
-    for label in ("with pretraining", "without pretraining"):
-        print(f"{label:<24}" + "".join(f"{row['accuracy']:>9.4f}" for row in results[label]["history"]))
-    print("\naccuracy by answer type, % (the paper's second table)")
-    print(f"{'':<24}" + "".join(right_aligned(answer_type, 12) for answer_type in ANSWER_TYPES))
-    for label, result in (("with pretraining", with_pretraining), ("without pretraining", without)):
-        print(f"{label:<24}" + "".join(f"{100 * result['by_type'][answer_type]['accuracy']:>12.2f}"
-                                       for answer_type in ANSWER_TYPES))
-    print("\nKo-METER vs ViLT, dev accuracy %, both without pretraining (the paper's last comparison)")
-    print(f"{'Ko-METER':<24}{100 * without['overall']['accuracy']:>9.2f}")
-    print(f"{'ViLT':<24}{100 * results['ViLT without pretraining']['overall']['accuracy']:>9.2f}")
+def mean_and_spread(values):
+    """(mean, sample standard deviation; 0 for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, (sum((value - mean) ** 2 for value in values) / (len(values) - 1)) ** 0.5
+
+
+def cell(values):
+    """"45.40 ± 2.10" in percent (± one standard deviation over seeds), or "45.40" for one seed."""
+    mean, spread = mean_and_spread([100 * value for value in values])
+    return f"{mean:.2f} ± {spread:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def accuracy_of(result, column):
+    """Accuracy of a results.json in a column of the tables: "overall" or an answer type."""
+    return (result["overall"] if column == "overall" else result["by_type"][column])["accuracy"]
+
+
+def print_demo_tables(results, question_only=None):
+    """The paper's tables from {label: [results.json of each seed]}: accuracy after each evaluation step,
+    by answer type (with the gain of pretraining seed by seed, and what the words alone score), and
+    Ko-METER against ViLT, as mean ± standard deviation over the seeds."""
+    seeds = len(next(iter(results.values())))
+    over = f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed"
+    labels = [label for label in results if label != "ViLT without pretraining"]
+    steps = [row["step"] for row in results[labels[0]][0]["history"]]
+    print(f"\ndev accuracy % after fine-tuning steps, {over} (the paper's first table)")
+    print(f"{'':<24}" + "".join(f"{step:>16}" for step in steps))
+    for label in labels:
+        print(f"{label:<24}" + "".join(f"{cell([run['history'][index]['accuracy'] for run in results[label]]):>16}"
+                                       for index in range(len(steps))))
+    columns = ["overall", *ANSWER_TYPES]
+    print(f"\naccuracy by answer type %, {over} (the paper's second table)")
+    print(f"{'':<24}" + "".join(right_aligned(column, 16) for column in columns))
+    rows = [(label, [[accuracy_of(run, column) for run in results[label]] for column in columns]) for label in labels]
+    if {"with pretraining", "without pretraining"} <= set(results):
+        pairs = list(zip(results["with pretraining"], results["without pretraining"]))
+        rows.append(("gain, seed by seed", [[accuracy_of(with_run, column) - accuracy_of(without_run, column)
+                                             for with_run, without_run in pairs] for column in columns]))
+    if question_only:
+        rows.append(("question only", [[accuracy_of(question_only, column)] for column in columns]))
+    for label, values in rows:
+        print(f"{label:<24}" + "".join(f"{cell(column_values):>16}" for column_values in values))
+    if "ViLT without pretraining" in results:
+        print(f"\nKo-METER vs ViLT, dev accuracy %, both without pretraining, {over} (the paper's last comparison)")
+        for label, name in (("without pretraining", "Ko-METER"), ("ViLT without pretraining", "ViLT")):
+            print(f"{name:<24}{cell([run['overall']['accuracy'] for run in results[label]]):>16}")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the synthetic Korean shapes data set and its tokenizer.")
-    parser.add_argument("--out", default="demo_data", help="folder to write the demo into (default: demo_data)")
+    parser = argparse.ArgumentParser(description="Write a synthetic Korean demo data set and its tokenizer.")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="shapes", help="shapes (this file) or bars "
+                        "(bars_world.py) (default: shapes)")
+    parser.add_argument("--out", help="folder to write the demo into (default: demo_data, or demo_data_<world>)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    for name, path in make_demo(args.out, args.seed).items():
+    out = args.out or ("demo_data" if args.world == "shapes" else f"demo_data_{args.world}")
+    for name, path in make_demo(out, args.seed, world=args.world).items():
         print(f"{name}: {path}")
     print(f"seconds: {time.perf_counter() - start:.1f}")
 

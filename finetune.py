@@ -11,18 +11,21 @@ training.py and checkpoints.py, as for pretrain.py.
 
 The demo fine-tunes the tiny config three times at equal steps on the same data and seed: from the demo
 pretraining, without it, and the ViLT single-stream baseline without it; then prints the paper's tables
-(demo.py). The paper's run:
+(demo.py). `--seeds N` repeats every run with N seeds and prints mean ± standard deviation; `--world bars`
+uses the second synthetic world (bars_world.py) instead of the shapes. The paper's run:
 
     python finetune.py --train vqa/train --dev-size 3000 --images vqa/images --tokenizer klue/tokenizer.json \
         --pretrained pretrain_out/ --image-size 384 --batch 512 --steps 10250
 
 Without --pretrained, --clip/--text give the paper's "without pretraining" run; with neither, every weight
-starts random (warned). With --pretrained the checkpoint decides the architecture and sizes, and
---image-size resizes its position embeddings.
+starts random (warned). With --pretrained, load_weights.load_meter builds the model the checkpoint holds
+(Ko-METER or ViLT, sizes read from its metadata) and --image-size resizes its position embeddings.
+Plain `--demo` is three runs of `train` and a table, driven by demo.run_finetune_demo.
 
 Outputs in --out: the checkpoint and resume state (checkpoints.py), answers.json (the answer vocabulary,
 index = class), best/ (the best dev accuracy so far), results.json, dev_predictions.jsonl, metrics.jsonl,
-curves.png.
+curves.png, and at the end dev_report.html (report.py: every dev question with its answers and where the
+model looked, mistakes first).
 
 Choices where the papers are silent:
 - Exact-match accuracy compares the predicted answer with the most frequent annotator answer (the first
@@ -47,6 +50,7 @@ import checkpoints
 import data
 import demo
 import formats
+import report
 import training
 from load_weights import load_meter
 from model import build_optimizer, compile_layers, recompute_layers
@@ -75,7 +79,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Ko-METER VQA fine-tuning.")
     parser.add_argument("--demo", action="store_true", help="fine-tune the tiny config on the demo set: with and "
                         "without pretraining and ViLT, at equal steps, and print the paper's tables")
-    parser.add_argument("--demo-dir", default="demo_data", help="where the demo set lives (default: demo_data)")
+    parser.add_argument("--demo-dir", help="where the demo set lives (default: demo_data, or demo_data_<world>)")
+    parser.add_argument("--world", choices=sorted(demo.WORLDS), default="shapes", help="with --demo: the synthetic "
+                        "world, shapes (demo.py) or bars (bars_world.py); each has its own data and output folders "
+                        "(default: shapes)")
+    parser.add_argument("--seeds", type=int, default=1, help="run each fine-tuning this many times, with seeds "
+                        "--seed, --seed + 1, ..., and print the mean ± standard deviation; the runs after the first "
+                        "go to OUT_seed<s> (default: 1)")
     parser.add_argument("--train", help="training questions: an AIHub VQA label file or folder, or JSONL")
     parser.add_argument("--dev", help="dev questions (default: carve --dev-size questions out of --train by image)")
     parser.add_argument("--dev-size", type=int, default=3000, help="dev questions carved from --train when --dev "
@@ -90,7 +100,11 @@ def parse_args(argv=None):
                         help="RandAugment operations on training images: all (METER's), safe (keeps colours, "
                         "counts and positions) or none (default: all; with --demo: safe)")
     training.add_training_flags(parser, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS)
-    args = training.fill_defaults(parser.parse_args(argv), FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS)
+    args = parser.parse_args(argv)
+    demo.follow_world(args, FINETUNE_DEMO_DEFAULTS["out"])
+    args = training.fill_defaults(args, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     args.eval_every = args.eval_every or math.ceil(args.steps / 3)  # the paper's table: thirds of the run
     if not args.demo:
         for flag in ("train", "images", "tokenizer"):
@@ -236,13 +250,17 @@ def train(args):
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_multiplier"]
 
-            step_sums = {"stop": torch.tensor(float(stop_signal.requested is not None), device=device)}
+            # ---- forward and backward over this process's micro-batches of the endless, seeded stream
+            step_sums = {}
             for index in range(accumulation_steps):
                 torch.manual_seed(training.derived_seed(args.seed, step, rank * accumulation_steps + index, "dropout"))
                 with training.autocast(device, args.dtype):
-                    losses = objective(training.to_device(next(loader), device), args.batch)
+                    losses = objective(training.to_device(next(loader), device), normaliser=args.batch)
+                # backward; under DDP the gradients are all-reduced on the last micro-batch (training.backward)
                 training.backward(objective, losses.pop("loss"), world_size, index == accumulation_steps - 1)
                 training.add_sums(step_sums, losses)
+            # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
+            step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
             sums = training.sum_across_processes(step_sums, world_size)
             if not math.isfinite(sums["loss_sum"]):
                 raise ValueError(f"loss is not finite at step {step + 1} ({sums['loss_sum']}): training stopped, "
@@ -251,10 +269,12 @@ def train(args):
             is_last = completed == args.steps
             log_now = completed % args.log_every == 0 or is_last
             grad_norm = training.gradient_norm(parameters) if log_now else None
+            # ---- the update
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             training.add_sums(logged_sums, sums)
 
+            # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only)
             if rank == 0 and log_now:
                 log_training(metrics, completed, args, lr, logged_sums, grad_norm, throughput)
                 logged_sums = {}
@@ -275,8 +295,12 @@ def train(args):
                 last_saved = f"step {completed}"
             if stopping:
                 training.stop_after_signal(stop_signal.requested, completed, args, rank)
+    if rank == 0:  # the final model on the dev questions as one page: answers, attention maps, accuracy per type
+        report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab, args.max_len,
+                            dev_entries, reference_answer, f"{args.out}: dev questions after {args.steps} steps")
     training.release_output_folder(args, rank)
-    training.say(rank, f"done: {args.out}/results.json, dev_predictions.jsonl, model.safetensors, best/")
+    training.say(rank, f"done: {args.out}/results.json, dev_report.html, dev_predictions.jsonl, model.safetensors, "
+                       "best/")
     return model
 
 
@@ -303,9 +327,11 @@ def log_dev(metrics, step, results, history, predictions, args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.demo and not (args.pretrained or args.arch != "meter" or args.resume):
-        # plain --demo: the three runs and the paper's tables
+    plain_demo = args.demo and not (args.pretrained or args.arch != "meter" or args.resume)
+    if plain_demo:  # --demo alone: the three runs and the paper's tables; --demo with a choice made is one run
         training.run_command(lambda: demo.run_finetune_demo(args, argv, parse_args, train))
+    elif args.seeds > 1:
+        training.run_command(lambda: demo.run_seeds(args, argv, parse_args, train))
     else:
         training.run_command(lambda: train(args))
 

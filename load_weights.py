@@ -5,8 +5,9 @@ Every file is read with safetensors and mapped onto the model through one explic
 (our name, the file's name, an optional transform). Shapes are asserted, hyper-parameters are read from
 the file's own shapes (heads = width / 64, where a file doesn't say), and every key that was missing,
 ignored, resized or freshly initialised is reported. A load either fills every tensor it promises or
-changes nothing. Follows METER's use of CLIP and RoBERTa (Dou et al., CVPR 2022, §3) and
-../shared/SPEC.md §2 and §7.
+changes nothing. Follows METER's use of CLIP and RoBERTa (Dou et al., CVPR 2022, §3); the layouts are
+those of the Hugging Face checkpoints (openai/clip-vit-base-patch16, klue/roberta-base), OpenAI's CLIP
+release and METER's released checkpoints. Ko-METER's own checkpoints are written by checkpoints.save_model.
 
     python load_weights.py inspect clip/model.safetensors      # layout, config from shapes, parameters per part
     python load_weights.py convert meter.ckpt meter.safetensors  # .bin / .pt / .ckpt -> safetensors, no pickle code
@@ -25,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from checkpoints import atomic_path
 from model import MeterConfig, TextEmbeddings, build_model, count_parameters, resize_position_embedding
 
 
@@ -234,35 +236,48 @@ def count_indices(state: dict, prefix: str) -> int:
     return max(numbers) + 1 if numbers else 0
 
 
+def shapes_of(state: dict, *keys: str) -> list:
+    """The shapes of the tensors at `keys`; a ValueError names every one the file lacks."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"missing {len(missing)} key{'s' if len(missing) > 1 else ''} its layout needs: "
+                         + ", ".join(missing))
+    return [state[key].shape for key in keys]
+
+
 def clip_config(state: dict, layout: str, prefix: str) -> dict:
     if layout == "clip-hf":
         patch_key, position_key, blocks = ("embeddings.patch_embedding.weight",
                                            "embeddings.position_embedding.weight", "encoder.layers.")
     else:
         patch_key, position_key, blocks = "conv1.weight", "positional_embedding", "transformer.resblocks."
-    width, patch_size = state[prefix + patch_key].shape[0], state[prefix + patch_key].shape[-1]
+    patch, position = shapes_of(state, prefix + patch_key, prefix + position_key)
+    width, patch_size = patch[0], patch[-1]
     return {"vision_width": width, "vision_heads": width // 64, "patch_size": patch_size,
-            "image_size": math.isqrt(state[prefix + position_key].shape[0] - 1) * patch_size,
+            "image_size": math.isqrt(position[0] - 1) * patch_size,
             "vision_layers": count_indices(state, prefix + blocks)}
 
 
 def roberta_config(state: dict, prefix: str) -> dict:
-    words = state[prefix + "embeddings.word_embeddings.weight"]
-    return {"vocab_size": words.shape[0], "text_width": words.shape[1], "text_heads": words.shape[1] // 64,
-            "max_positions": state[prefix + "embeddings.position_embeddings.weight"].shape[0],
-            "text_layers": count_indices(state, prefix + "encoder.layer."),
-            "text_ffn_width": state[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0]}
+    words, positions, ffn = shapes_of(state, prefix + "embeddings.word_embeddings.weight",
+                                      prefix + "embeddings.position_embeddings.weight",
+                                      prefix + "encoder.layer.0.intermediate.dense.weight")
+    return {"vocab_size": words[0], "text_width": words[1], "text_heads": words[1] // 64,
+            "max_positions": positions[0], "text_layers": count_indices(state, prefix + "encoder.layer."),
+            "text_ffn_width": ffn[0]}
 
 
 def meter_config(state: dict) -> MeterConfig:
     """Ko-METER configuration from an official METER checkpoint's shapes."""
-    hidden = state["cross_modal_text_transform.weight"].shape[0]
+    transform, ffn = shapes_of(state, "cross_modal_text_transform.weight",
+                               "cross_modal_text_layers.0.intermediate.dense.weight")
+    hidden = transform[0]
     vqa = state.get("vqa_classifier.3.weight")
     return MeterConfig(**clip_config(state, "clip-openai", "vit_model.visual."),
                        **roberta_config(state, "text_transformer."),
                        hidden_size=hidden, fusion_heads=hidden // 64,
                        fusion_layers=count_indices(state, "cross_modal_text_layers."),
-                       fusion_ffn_width=state["cross_modal_text_layers.0.intermediate.dense.weight"].shape[0],
+                       fusion_ffn_width=ffn[0],
                        num_answers=0 if vqa is None else vqa.shape[0])
 
 
@@ -314,7 +329,7 @@ def apply_table(module: torch.nn.Module, state: dict, table: list, source, layou
 
 
 # -----------------------------------------------------------------------------
-# The public loaders (SPEC §7).
+# The public loaders: load_clip, load_text, load_meter.
 
 def load_clip(vision: torch.nn.Module, path, verbose: bool = True) -> LoadReport:
     """CLIP weights into a ClipVision (its first len(vision.blocks) blocks; the rest of the file is ignored).
@@ -393,16 +408,6 @@ def load_meter(path, image_size: int | None = None, num_answers: int | None = No
     return model
 
 
-def save_model(model: torch.nn.Module, path, metadata: dict[str, str] | None = None):
-    """Write the model as safetensors with its config in the metadata; atomic: a temporary file, then rename."""
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    info = {"format": "ko-meter", "config": json.dumps(model.cfg.to_dict())}
-    info.update(metadata or {})
-    temporary = f"{path}.tmp"
-    save_file(state, temporary, metadata=info)
-    os.replace(temporary, path)
-
-
 # -----------------------------------------------------------------------------
 # Command line: inspect and convert.
 
@@ -410,13 +415,20 @@ def inspect(path):
     state, metadata = read_safetensors(path)
     layout, prefix = detect_layout(state, metadata)
     print(f"file: {path}\nlayout: {layout}" + (f" (keys under '{prefix}')" if prefix else ""))
+    if layout == "ko-meter":
+        cfg = config_from_metadata(metadata, path)
+    else:
+        try:  # the configuration follows from the shapes of a few tensors the layout must have
+            cfg = meter_config(state) if layout == "meter" else None
+            config = cfg or (clip_config(state, layout, prefix) if layout.startswith("clip")
+                             else roberta_config(state, prefix))
+        except ValueError as error:
+            raise ValueError(f"{path}: {layout} layout, but {error}") from None
     if layout in ("ko-meter", "meter"):
-        cfg = config_from_metadata(metadata, path) if layout == "ko-meter" else meter_config(state)
         print("config: " + json.dumps(cfg.to_dict()))
         counts = count_parameters(build_model(cfg))
         print("parameters: " + ", ".join(f"{part} {count:,}" for part, count in counts.items()))
         return
-    config = clip_config(state, layout, prefix) if layout.startswith("clip") else roberta_config(state, prefix)
     print("config: " + json.dumps(config))
     total = sum(tensor.numel() for tensor in state.values())
     used = sum(tensor.numel() for key, tensor in state.items() if key.startswith(prefix))
@@ -447,9 +459,8 @@ def convert(source, target):
     skipped = sorted(key for key in state if key not in tensors)
     if not tensors:
         raise ValueError(f"{source}: no tensors found")
-    temporary = f"{target}.tmp"
-    save_file(tensors, temporary)
-    os.replace(temporary, target)
+    with atomic_path(target) as temporary:
+        save_file(tensors, temporary)
     print(f"wrote {len(tensors)} tensors to {target}" + (f"; skipped non-tensor entries: {skipped}" if skipped else ""))
 
 

@@ -1,18 +1,26 @@
-"""
-Ko-METER: a Korean dual-stream vision-language model, written from plain tensor ops.
+"""The model: Ko-METER, a Korean dual-stream vision-language transformer, written from plain tensor ops.
 
     image -> CLIP ViT-B/16 (11 of 12 blocks) -> Linear -> + modality row 1 --+
                                                                            +-> 6 co-attention layer pairs
     text  -> KLUE RoBERTa-base               -> Linear -> + modality row 0 --+      -> 2 poolers -> cls_feats [B, 1536]
 
-Follows METER (Dou et al., CVPR 2022, "An Empirical Study of Training End-to-End Vision-and-Language
-Transformers", §3: co-attention fusion) as adapted for Korean by Ko-METER (KCC 2022). Read it top to bottom: configs, attention, the CLIP vision encoder, the KLUE
-RoBERTa text encoder, the co-attention layer, the full model with its poolers and heads, and the
-ViLT single-stream baseline (Kim et al., ICML 2021) used for the paper's comparison.
+The modality embedding is one learned vector per stream, added to every token of that stream (row 0 text,
+row 1 image), so that the fusion layers can tell which stream a token came from.
 
-Weights of the real checkpoints are loaded by load_weights.py; this file only defines the modules.
+First stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.py). Follows METER (Dou et al.,
+CVPR 2022, §3.2: co-attention fusion; §4: the pretraining heads and optimisation) as Ko-METER (KCC 2022)
+adapts it to Korean. Read it top to bottom: configs, attention, the CLIP image encoder, the KLUE RoBERTa text
+encoder, the co-attention layer, the whole model with its poolers and heads, the ViLT single-stream baseline
+(Kim et al., ICML 2021) of the paper's comparison, and the optimiser with METER's learning-rate groups.
+Loading the real checkpoints into these modules is load_weights.py's job.
 
-    python model.py        # parameter count per part of the base model, then a tiny forward pass on CPU
+    python model.py        # parameters per part of the base model, then a tiny forward pass on CPU
+
+Choices where the papers are silent:
+- The ViLT baseline's blocks are CLIP's (QuickGELU, LayerNorm eps 1e-5), so that both models can start from
+  the same checkpoint and the comparison isolates the architecture.
+- Attention runs through F.scaled_dot_product_attention unless probabilities are asked for; the written-out
+  path computes the same numbers (tests check both ways agree).
 """
 
 import functools
@@ -75,6 +83,8 @@ CONFIGS = {
 
 # -----------------------------------------------------------------------------
 # Attention, written out once. Self-attention when `context` is None, cross-attention otherwise.
+# With keep_probs set, the written-out path runs and the probabilities stay in .probs: the attention maps of
+# predict.py --explain (report.py) come out of the very modules the model runs.
 
 class Attention(nn.Module):
     def __init__(self, width: int, num_heads: int, dropout: float = 0.0, fast: bool = True):
@@ -84,6 +94,8 @@ class Attention(nn.Module):
         self.head_width = width // num_heads
         self.dropout = dropout  # on the attention probabilities (BERT / RoBERTa); 0 in CLIP
         self.fast = fast
+        self.keep_probs = False  # set by kept_attention(): take the written-out path and keep its probabilities
+        self.probs = None        # [B, heads, T, S] of the last forward pass while keep_probs is set
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(width, width)
         self.value = nn.Linear(width, width)
@@ -100,16 +112,28 @@ class Attention(nn.Module):
         v = self.value(context).view(batch, keys, self.num_heads, self.head_width).transpose(1, 2)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, S] -> [B, 1, 1, S]
         dropout = self.dropout if self.training else 0.0
-        if self.fast:
+        if self.fast and not self.keep_probs:  # SDPA returns no probabilities
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_width)  # [B, heads, T, S]
             if mask is not None:  # padded keys get the most negative number of the compute dtype
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = F.dropout(scores.softmax(dim=-1), dropout, self.training)
+            probs = scores.softmax(dim=-1)
+            if self.keep_probs:
+                self.probs = probs.detach()
+            probs = F.dropout(probs, dropout, self.training)
             y = probs @ v  # [B, heads, T, S] @ [B, heads, S, 64] -> [B, heads, T, 64]
         y = y.transpose(1, 2).reshape(batch, queries, width)  # [B, heads, T, 64] -> [B, T, W]
         return self.out(y)
+
+
+def kept_attention(attention: Attention, run):
+    """(run(), the probabilities [B, heads, T, S] that `attention` computed during it), then back to normal."""
+    attention.keep_probs = True
+    try:
+        return run(), attention.probs
+    finally:
+        attention.keep_probs, attention.probs = False, None
 
 
 # -----------------------------------------------------------------------------
@@ -354,13 +378,19 @@ class Meter(nn.Module):
         image_feats = self.image_proj(image_hidden) + self.modality.weight[1]   # [B, 1+N, H]
         for text_layer, image_layer in zip(self.text_layers, self.image_layers):
             # both streams read the other's output of the previous layer: they update in parallel
-            text_feats, image_feats = (text_layer(text_feats, text_mask, image_feats, None),
-                                       image_layer(image_feats, None, text_feats, text_mask))
+            text_feats, image_feats = (
+                text_layer(text_feats, text_mask, context=image_feats, context_mask=None),  # no padded image tokens
+                image_layer(image_feats, None, context=text_feats, context_mask=text_mask))
         cls_feats = torch.cat([self.text_pooler(text_feats), self.image_pooler(image_feats)], dim=-1)  # [B, 2H]
         return {"text_feats": text_feats, "image_feats": image_feats, "cls_feats": cls_feats}
 
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids, attention_mask), attention_mask, self.vision(pixels))
+
+    def text_to_image_attention(self, pixels, input_ids, attention_mask, layer=-1):
+        """(forward's output, the text stream's cross-attention probabilities in fusion layer `layer`
+        [B, heads, T, 1+N]): how each text token spreads its attention over the image tokens."""
+        return kept_attention(self.text_layers[layer].cross_attention, lambda: self(pixels, input_ids, attention_mask))
 
     part_of = staticmethod(part_of)
     no_weight_decay = staticmethod(no_weight_decay)
@@ -402,6 +432,13 @@ class Vilt(nn.Module):
 
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids), attention_mask, self.vision(pixels))
+
+    def text_to_image_attention(self, pixels, input_ids, attention_mask, layer=-1):
+        """(forward's output, the text-to-image block of block `layer`'s attention [B, heads, T, 1+N]). A text
+        token's row sums to 1 over text and image keys together, so its image part sums to at most 1."""
+        out, probs = kept_attention(self.blocks[layer].attention, lambda: self(pixels, input_ids, attention_mask))
+        text_tokens = input_ids.shape[1]
+        return out, probs[:, :, :text_tokens, text_tokens:]  # [B, heads, T+1+N, T+1+N] -> [B, heads, T, 1+N]
 
     part_of = staticmethod(part_of)
     no_weight_decay = staticmethod(no_weight_decay)
@@ -480,7 +517,7 @@ if __name__ == "__main__":
     cfg = replace(CONFIGS["tiny"], num_answers=10)
     model = build_model(cfg).eval()
     pixels = torch.randn(2, 3, cfg.image_size, cfg.image_size)
-    input_ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]])
+    input_ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]])  # KLUE's ids: [CLS] = 0, [PAD] = 1, [SEP] = 2
     out = model(pixels, input_ids, (input_ids != cfg.pad_id).long())
     print("tiny forward:", {name: tuple(value.shape) for name, value in out.items()},
           "vqa logits", tuple(model.vqa_head(out["cls_feats"]).shape))

@@ -9,11 +9,20 @@ independent yes/no per answer, so they need not add up to 1.
         --question "사진에 마름모가 몇 개 있나요?"      # after python finetune.py --demo; ~10 ms after loading
     python predict.py --ckpt out/finetune_demo/pretrained --questions questions.jsonl --images demo_data/images \
         --out answers.jsonl
+    python predict.py --ckpt out/finetune_demo/pretrained --image demo_data/images/shapes/shapes_000907.jpg \
+        --question "파란색 원은 어디에 있나요?" --explain map.png     # where the question looked (report.py)
+    python predict.py --ckpt out/finetune_demo/pretrained --questions demo_data/vqa_dev.json \
+        --images demo_data/images --report report.html             # one HTML page: answers, maps, accuracy by type
 
 The JSONL input holds one {"image": path relative to --images, "question": str} per line (a
 "question_id" is copied through); each output line adds "prediction" and "top" ([[answer,
 probability], ...]), or "error" for a question that could not be answered (missing or unreadable
 image, empty question), which is also reported on stderr.
+
+--explain writes the picture with the attention of the question's tokens over its patches drawn on it (the
+[CLS] token and the mean of the tokens, last fusion layer, or --layer N); --report reads --questions in any
+VQA layout formats.py knows and writes a self-contained page of the answers with those maps, judged against
+the reference answers when the file has them. Both are drawn by report.py.
 """
 
 import argparse
@@ -21,12 +30,13 @@ import os
 import sys
 import time
 
-import torch
 from safetensors import safe_open
 
 import checkpoints
 import data
 import formats
+import report
+from finetune import reference_answer
 from load_weights import load_meter
 
 DEFAULT_MAX_LEN = 40
@@ -35,8 +45,10 @@ DEFAULT_MAX_LEN = 40
 class Answerer:
     """A loaded checkpoint: model, tokenizer, answer vocabulary; answers batches of (image, question)."""
 
-    def __init__(self, checkpoint, device="cpu"):
+    def __init__(self, checkpoint, device="cpu", dtype="fp32"):
         model_path = checkpoints.resolve_checkpoint(checkpoint)
+        self.checkpoint = checkpoint
+        self.dtype = dtype  # "bf16": the model runs under bf16 autocast, the probabilities stay fp32
         folder = os.path.dirname(os.path.abspath(model_path))
         answers_path = os.path.join(folder, "answers.json")
         if not os.path.isfile(answers_path):
@@ -49,11 +61,25 @@ class Answerer:
         if self.model.vqa_head is None or self.model.cfg.num_answers != len(self.answers):
             raise ValueError(f"{model_path}: the VQA head has {self.model.cfg.num_answers} answers but "
                              f"{answers_path} lists {len(self.answers)}")
-        self.device = device
 
-    @torch.no_grad()
     def answer(self, image_paths, questions, top=5):
         """[[(answer, probability), ...] per question]; raises ValueError/FileNotFoundError on bad input."""
+        self.check(image_paths, questions)
+        top_answers, _ = report.answer_batch(self.model, self.tokenizer, self.answers, self.max_len, image_paths,
+                                             questions, top, dtype=self.dtype)
+        return top_answers
+
+    def explain(self, image_path, question, layer, top=5):
+        """(top answers, maps [2, side, side]: where the [CLS] token and the mean of the tokens look) for the
+        layer with index `layer` (report.layer_index)."""
+        self.check([image_path], [question])
+        top_answers, maps = report.answer_batch(self.model, self.tokenizer, self.answers, self.max_len, [image_path],
+                                                [question], top, layer, self.dtype)
+        return top_answers[0], maps[0]
+
+    @staticmethod
+    def check(image_paths, questions):
+        """Raise ValueError/FileNotFoundError, in one line, for an empty question or a missing or unreadable image."""
         for image_path, question in zip(image_paths, questions):
             if not question.strip():
                 raise ValueError(f"{image_path}: the question is empty")
@@ -62,14 +88,6 @@ class Answerer:
             problem = formats.image_problem(image_path)
             if problem:
                 raise ValueError(f"{image_path}: {problem}")
-        size = self.model.cfg.image_size
-        pixels = torch.stack([data.load_image(path, size) for path in image_paths]).to(self.device)  # [B, 3, S, S]
-        input_ids, attention_mask = self.tokenizer.encode(questions, self.max_len)  # [B, T] each
-        cls_feats = self.model(pixels, input_ids.to(self.device), attention_mask.to(self.device))["cls_feats"]
-        probabilities = torch.sigmoid(self.model.vqa_head(cls_feats).float())  # [B, num_answers]
-        values, indices = probabilities.topk(min(top, len(self.answers)), dim=-1)  # [B, top]
-        return [[(self.answers[index], value) for index, value in zip(row_indices.tolist(), row_values.tolist())]
-                for row_indices, row_values in zip(indices, values)]
 
 
 def answer_file(answerer, questions_path, images_root, out_path, batch_size, top):
@@ -103,6 +121,22 @@ def answer_file(answerer, questions_path, images_root, out_path, batch_size, top
     return len(rows), errors
 
 
+def report_file(answerer, questions_path, images_root, report_path, layer, batch_size, top):
+    """The page of report.py for a VQA file (any layout formats.read_vqa knows); unusable questions are left out,
+    each with a stderr line. Returns (rows on the page, questions left out)."""
+    entries, usable = formats.read_vqa(questions_path, images_root), []
+    for number, entry in enumerate(entries, 1):
+        try:
+            answerer.check([entry["image"]], [entry["question"]])
+            usable.append(entry)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"error: {questions_path} question {number}: {error}", file=sys.stderr)
+    rows = report.write_report(report_path, answerer.model, answerer.tokenizer, answerer.answers, answerer.max_len,
+                               usable, reference_answer, f"{answerer.checkpoint}: {os.path.basename(questions_path)}",
+                               layer, batch_size, top)
+    return rows, len(entries) - len(usable)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Answer questions about images with a fine-tuned Ko-METER.")
     parser.add_argument("--ckpt", required=True, help="finetune.py output folder, or a model.safetensors beside "
@@ -115,29 +149,59 @@ def parse_args(argv=None):
     parser.add_argument("--top", type=int, default=5, help="answers shown per question (default: 5)")
     parser.add_argument("--batch", type=int, default=32, help="questions per forward pass with --questions (default: 32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], help="bf16 autocast or plain fp32 (default: bf16 on "
+                        "CUDA, fp32 on CPU)")
+    parser.add_argument("--explain", help="with --image: PNG to write the picture to, with where the question looked "
+                        "(text-to-image attention of the [CLS] token and of the mean of the tokens) drawn over it")
+    parser.add_argument("--report", help="with --questions: self-contained HTML page of the answers, attention maps "
+                        "and accuracy per answer type")
+    parser.add_argument("--layer", type=int, help="fusion layer (ViLT: block) whose attention --explain and --report "
+                        "show, 1 = the first (default: the last)")
+    parser.add_argument("--font", help="TrueType/OpenType font with Hangul for --explain (default: the first of "
+                        "report.HANGUL_FONTS found)")
     args = parser.parse_args(argv)
     if args.questions:
-        if not args.out:
-            parser.error("--questions needs --out")
+        if not (args.out or args.report):
+            parser.error("--questions needs --out or --report")
+        if args.explain:
+            parser.error("--explain goes with --image and --question; use --report for --questions")
     elif args.image is None or args.question is None:
-        parser.error("give --image and --question, or --questions and --out")
+        parser.error("give --image and --question, or --questions and --out or --report")
+    elif args.report:
+        parser.error("--report goes with --questions; use --explain for one --image")
+    if args.layer is not None and not (args.explain or args.report):
+        parser.error("--layer goes with --explain or --report")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        answerer = Answerer(args.ckpt, args.device)
+        answerer = Answerer(args.ckpt, args.device, args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"))
         if args.questions:
-            count, errors = answer_file(answerer, args.questions, args.images, args.out, args.batch, args.top)
-            print(f"{count} questions answered into {args.out}" + (f", {errors} with errors" if errors else ""))
+            if args.out:
+                count, errors = answer_file(answerer, args.questions, args.images, args.out, args.batch, args.top)
+                print(f"{count} questions answered into {args.out}" + (f", {errors} with errors" if errors else ""))
+            if args.report:
+                rows, left_out = report_file(answerer, args.questions, args.images, args.report, args.layer, args.batch,
+                                             args.top)
+                print(f"{len(rows)} questions on {args.report}" + (f", {left_out} left out" if left_out else ""))
             return
         start = time.perf_counter()
-        top_answers = answerer.answer([args.image], [args.question], args.top)[0]
+        if args.explain:
+            layer = report.layer_index(answerer.model, args.layer)
+            top_answers, maps = answerer.explain(args.image, args.question, layer, args.top)
+        else:
+            top_answers = answerer.answer([args.image], [args.question], args.top)[0]
         milliseconds = 1000 * (time.perf_counter() - start)
         for answer, probability in top_answers:
             print(f"{probability:.3f}  {answer}")
         print(f"({milliseconds:.0f} ms)")
+        if args.explain:
+            picture = report.explain_picture(args.image, args.question, top_answers, maps,
+                                             report.describe_layer(answerer.model, layer), args.font)
+            picture.save(args.explain)
+            print(f"where the question looked: {args.explain}")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
 

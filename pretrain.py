@@ -7,6 +7,7 @@ objectives, the held-out evaluation and one training loop; the machinery it call
 processes, logs) is in training.py and the checkpoint files in checkpoints.py.
 
     python pretrain.py --demo      # the tiny config on the synthetic demo set, about 5 min on 2 CPU cores
+                                   # (--world bars: the second world, into out/pretrain_demo_bars/)
 
 The paper's run, on one GPU or data-parallel (--batch stays the global batch):
 
@@ -68,13 +69,18 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Ko-METER pretraining with MLM + ITM.")
     parser.add_argument("--demo", action="store_true",
                         help="make the synthetic demo set if missing and pretrain the tiny config on it")
-    parser.add_argument("--demo-dir", default="demo_data", help="where the demo set lives (default: demo_data)")
+    parser.add_argument("--demo-dir", help="where the demo set lives (default: demo_data, or demo_data_<world>)")
+    parser.add_argument("--world", choices=sorted(demo.WORLDS), default="shapes", help="with --demo: the synthetic "
+                        "world, shapes (demo.py) or bars (bars_world.py); each has its own data and output folders "
+                        "(default: shapes)")
     parser.add_argument("--captions", help="captions: AIHub Korean MSCOCO JSON or JSONL {image, caption}")
     parser.add_argument("--images", help="image root the caption file's paths are relative to")
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
     training.add_encoder_flags(parser)
     training.add_training_flags(parser, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
-    args = training.fill_defaults(parser.parse_args(argv), PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
+    args = parser.parse_args(argv)
+    demo.follow_world(args, PRETRAIN_DEMO_DEFAULTS["out"])
+    args = training.fill_defaults(args, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
     if not args.demo:
         for flag in ("captions", "images", "tokenizer"):
             if getattr(args, flag) is None:
@@ -165,13 +171,12 @@ def objective_means(sums):
 
 def split_held_out(entries, seed):
     """Carve a held-out caption split by image (no image on both sides), from val2014 when there is one."""
-    image_ids = sorted({entry["image_id"] for entry in entries})
-    candidates = sorted({entry["image_id"] for entry in entries if entry.get("split", "").startswith("val")}) or image_ids
+    image_ids = entries.distinct("image_id")  # entries are formats.Entries: columns, no object per caption
+    candidates = entries.select(entries.matching("split", lambda split: split.startswith("val"))).distinct("image_id") or image_ids
     count = min(len(candidates) - 1, HELD_OUT_MAX_IMAGES, max(1, round(HELD_OUT_SHARE * len(image_ids))))
     order = torch.randperm(len(candidates), generator=training.seeded_generator(seed, "held out"))
-    held_out = {candidates[index] for index in order[:max(count, 0)].tolist()}
-    return ([entry for entry in entries if entry["image_id"] not in held_out],
-            [entry for entry in entries if entry["image_id"] in held_out])
+    held_out = entries.matching("image_id", {candidates[index] for index in order[:max(count, 0)].tolist()}.__contains__)
+    return entries.select(~held_out), entries.select(held_out)
 
 
 @torch.no_grad()
@@ -237,21 +242,27 @@ def train(args):
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_multiplier"]
 
-            # Draw the targets of all micro-batches first: the MLM loss is a mean over the masked tokens of the
-            # whole global batch, so every micro-batch divides by that global count.
+            # The loader is an endless, seeded stream of micro-batches (training.make_loader); this process takes
+            # accumulation_steps of them per step. Draw the targets of all of them first: the MLM loss is a mean
+            # over the masked tokens of the whole global batch, so every micro-batch divides by that global count.
             first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
             micro_batches = [add_pretrain_targets(next(loader), tokenizer, training.seeded_generator(
                 args.seed, step, first_index + index, "targets")) for index in range(accumulation_steps)]
             masked = sum((batch["mlm_labels"] != -100).sum() for batch in micro_batches).to(device)
             masked_count = max(training.sum_across_processes({"masked": masked}, world_size)["masked"], 1.0)
 
-            step_sums = {"stop": torch.tensor(float(stop_signal.requested is not None), device=device)}
+            # ---- forward and backward, micro-batch by micro-batch; the gradients add up in .grad
+            step_sums = {}
             for index, batch in enumerate(micro_batches):
                 torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
                 with training.autocast(device, args.dtype):
-                    losses = objective(training.to_device(batch, device), masked_count, args.batch)
+                    losses = objective(training.to_device(batch, device), mlm_normaliser=masked_count,
+                                       itm_normaliser=args.batch)  # the global batch's counts: see losses_from_logits
+                # backward; under DDP the gradients are all-reduced on the last micro-batch (training.backward)
                 training.backward(objective, losses.pop("loss"), world_size, index == accumulation_steps - 1)
                 training.add_sums(step_sums, losses)
+            # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
+            step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
             sums = training.sum_across_processes(step_sums, world_size)  # one all-reduce for every process's sums
             if not all(math.isfinite(sums[name]) for name in ("mlm_loss_sum", "itm_loss_sum")):
                 raise ValueError(f"loss is not finite at step {step + 1} ({objective_means(sums)}): training "
@@ -260,10 +271,12 @@ def train(args):
             is_last = completed == args.steps
             log_now = completed % args.log_every == 0 or is_last
             grad_norm = training.gradient_norm(parameters) if log_now else None
+            # ---- the update
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             training.add_sums(logged_sums, sums)
 
+            # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only)
             if rank == 0 and log_now:
                 log_training(metrics, completed, args, lr, objective_means(logged_sums), grad_norm, throughput)
                 logged_sums = {}

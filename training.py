@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 from tqdm import tqdm
 
-from checkpoints import atomic_write, read_json, write_json
+from checkpoints import atomic_write, read_json, write_json, write_jsonl
+from formats import read_json_or_jsonl
 from load_weights import initialise_encoders
 from model import CONFIGS, build_model
 
@@ -253,8 +254,8 @@ class Objective(torch.nn.Module):
         self.model = model
         self.losses = losses
 
-    def forward(self, batch, *normalisers):
-        return self.losses(self.model, batch, *normalisers)
+    def forward(self, batch, **normalisers):
+        return self.losses(self.model, batch, **normalisers)
 
 
 def wrap_objective(model, losses, world_size, device):
@@ -360,8 +361,8 @@ def claim_output_folder(args, rank):
 def stop_after_signal(signal_name, step, args, rank):
     """End the run after the checkpoint of `step`, saying how to resume it."""
     release_output_folder(args, rank)
-    raise SystemExit(f"stopped by {signal_name} after step {step}, checkpoint saved in {args.out}; "
-                     f"resume with: {resume_command()}")
+    raise SystemExit(f"stopped by {signal_name or 'a signal to another process'} after step {step}, checkpoint "
+                     f"saved in {args.out}; resume with: {resume_command()}")
 
 
 def release_output_folder(args, rank):
@@ -404,19 +405,14 @@ class MetricsLog:
 
     def __init__(self, path, resume_step=None):
         self.path = path
-        kept = [row for row in self.read() if row["step"] <= resume_step] if resume_step is not None else []
-        with atomic_write(path) as file:
-            file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+        write_jsonl(path, [row for row in self.read() if row["step"] <= resume_step] if resume_step is not None else [])
 
     def write(self, record):
         with open(self.path, "a", encoding="utf-8") as file:
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def read(self):
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path, encoding="utf-8") as file:
-            return [json.loads(line) for line in file if line.strip()]
+        return read_json_or_jsonl(self.path) if os.path.exists(self.path) else []
 
 
 class Throughput:
@@ -517,7 +513,8 @@ def text_embedding_rows(text_path):
 
 
 def build_fresh_model(args, tokenizer, rank, num_answers=0):
-    """A --config / --arch model; its encoders from --clip/--text when given, else random (warned).
+    """A --config / --arch model whose vocabulary is the tokenizer's; its encoders from --clip/--text when given, else
+    random (warned).
     A tokenizer that does not fit the --text encoder is refused before anything is built."""
     if args.text:
         if not os.path.exists(args.text):

@@ -1,4 +1,4 @@
-"""Tests for data.py: tokenizer, image decoding, readers, validation, batches, VQA targets, demo.
+"""Tests for data.py: tokenizer, image decoding, batches, VQA targets, demo (readers: tests/test_formats.py).
 
 Every test makes its own tiny data in tmp_path; nothing is downloaded. Run:
     python -m pytest -q tests/test_data.py
@@ -8,7 +8,6 @@ import io
 import json
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -242,145 +241,18 @@ def test_randaugment_is_deterministic_and_keeps_shape(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Readers and validation
+# Entries for the tests below (the readers and `check` are tested in tests/test_formats.py)
 
 
-def write_json(path, value):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+def write_jsonl(path, records):
+    Path(path).write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
     return path
 
 
-@pytest.fixture
-def coco(tmp_path):
-    root = tmp_path / "coco"
-    for image_id in (1, 2, 3):
-        save_jpeg(root / "train2014" / f"COCO_train2014_{image_id:012d}.jpg")
-    save_truncated_jpeg(root / "val2014" / "COCO_val2014_000000000005.jpg")
-    records = [
-        {"file_path": f"train2014/COCO_train2014_{image_id:012d}.jpg", "id": image_id,
-         "captions": ["a red square"], "caption_ko": ["빨간 사각형", "붉은 네모가 있다"]}
-        for image_id in (1, 2, 3)
-    ]
-    records[2]["caption_ko"].append("")
-    records.append({"file_path": "train2014/COCO_train2014_000000000004.jpg", "id": 4,
-                    "captions": ["x"], "caption_ko": ["없는 사진"]})
-    records.append({"file_path": "val2014/COCO_val2014_000000000005.jpg", "id": 5,
-                    "captions": ["x"], "caption_ko": ["깨진 사진"]})
-    return write_json(tmp_path / "MSCOCO_train_val_Korean.json", records), root
-
-
-def test_read_aihub_coco_captions_and_check(coco):
-    path, root = coco
-    entries = formats.read_captions(path, root)
-    assert len(entries) == 9
-    assert entries[0] == {"image": str(root / "train2014" / "COCO_train2014_000000000001.jpg"),
-                          "caption": "빨간 사각형", "image_id": "1", "split": "train2014"}
-    good, bad = formats.check_entries(entries, max_bad_share=0.5)
-    assert len(good) == 6
-    reasons = sorted(reason for reason, _ in bad)
-    assert reasons == ["empty text", "missing image", "truncated image"]
-    assert ("missing image", str(root / "train2014" / "COCO_train2014_000000000004.jpg")) in bad
-    with pytest.raises(ValueError, match="3 of 9 entries"):
-        formats.check_entries(entries, max_bad_share=0.2)
-
-
-def test_read_jsonl_captions(tmp_path):
-    save_jpeg(tmp_path / "img" / "a.jpg")
-    lines = [{"image": "a.jpg", "caption": "고양이"}, {"image": "a.jpg", "caption": "강아지", "image_id": "7"}]
-    (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
-    entries = formats.read_captions(tmp_path / "captions.jsonl", tmp_path / "img")
-    assert [entry["caption"] for entry in entries] == ["고양이", "강아지"]
-    assert entries[1]["image_id"] == "7" and os.path.isabs(entries[0]["image"])
-
-
-def test_read_living_environment_vqa_file_and_folder(tmp_path):
-    root = tmp_path / "images"
-    save_jpeg(root / "거실" / "a.jpg")
-    label = {"images": [{"image_id": 1, "image": "a.jpg", "category": "거실"},
-                        {"image_id": 2, "image": "gone.jpg", "category": "주방"}],
-             "question": [{"image_id": 1, "question_id": 11, "question": "소파가 있나요?", "answer": "예",
-                           "answer_type": "yes/no"},
-                          {"image_id": 1, "question_id": 12, "question": "의자는 몇 개인가요?", "answer": "세 개",
-                           "answer_type": None},
-                          {"image_id": 1, "question_id": 13, "question": "", "answer": "빨간색"},
-                          {"image_id": 2, "question_id": 14, "question": "무엇인가요?", "answer": "컵"}]}
-    write_json(tmp_path / "labels" / "part1.json", label)
-    write_json(tmp_path / "labels" / "sub" / "part2.json",
-               {"images": label["images"][:1], "question": [dict(label["question"][0], question_id=21)]})
-    entries = formats.read_vqa(tmp_path / "labels" / "part1.json", root)
-    assert entries[0] == {"image": str(root / "거실" / "a.jpg"), "question": "소파가 있나요?", "answers": ["예"],
-                          "answer_type": "예/아니오", "question_id": 11, "image_id": "1"}
-    assert entries[1]["answer_type"] == "숫자"
-    good, bad = formats.check_entries(entries, max_bad_share=1.0)
-    assert [entry["question_id"] for entry in good] == [11, 12]
-    assert sorted(bad) == [("empty text", "13"), ("missing image", str(root / "주방" / "gone.jpg"))]
-    assert len(formats.read_vqa(tmp_path / "labels", root)) == 5
-
-
-def test_read_visual_information_triplets_folder(tmp_path):
-    root = tmp_path / "images"
-    save_jpeg(root / "food" / "b.jpg")
-    folder = tmp_path / "vqa" / "set1"
-    write_json(folder / "set1_question.json", {"questions": [
-        {"question_id": 1, "image_id": 9, "question": "무슨 음식인가요?"},
-        {"question_id": 2, "image_id": 9, "question": "접시는 몇 개인가요?"},
-        {"question_id": 3, "image_id": 9, "question": "답이 없는 질문"}]})
-    write_json(folder / "set1_annotation.json", {"annotations": [
-        {"question_id": 1, "image_id": 9, "multiple_choice_answer": "김밥", "answer_confidence": "yes"},
-        {"question_id": 2, "image_id": 9, "multiple_choice_answer": "2개", "answer_confidence": "yes"}]})
-    write_json(folder / "set1_images.json", {"images": [{"image_id": 9, "image": "b.jpg", "category": "food"}]})
-    entries = formats.read_vqa(tmp_path / "vqa", root)
-    assert [(entry["question"], entry["answers"], entry["answer_type"]) for entry in entries] == [
-        ("무슨 음식인가요?", ["김밥"], "그 외"), ("접시는 몇 개인가요?", ["2개"], "숫자"), ("답이 없는 질문", [], "그 외")]
-    assert entries[0]["image"] == str(root / "food" / "b.jpg")
-    good, bad = formats.check_entries(entries, max_bad_share=0.5)
-    assert bad == [("no answer", "3")]
-    with pytest.raises(ValueError, match="pass the folder"):
-        formats.read_vqa(folder / "set1_question.json", root)
-    (folder / "set1_images.json").unlink()
-    with pytest.raises(ValueError, match="missing the image file"):
-        formats.read_vqa(tmp_path / "vqa", root)
-
-
-def test_read_question_lists_with_several_answers(tmp_path):
-    save_jpeg(tmp_path / "c.jpg")
-    kvqa = [{"image": "c.jpg", "question": "이것은 무엇인가요?", "answer_type": "other",
-             "answers": [{"answer": "사과", "answer_confidence": "yes"}] * 3 + [{"answer": "배", "answer_confidence": "maybe"}]}]
-    write_json(tmp_path / "kvqa.json", kvqa)
-    entry = formats.read_vqa(tmp_path / "kvqa.json", tmp_path)[0]
-    assert entry["answers"] == ["사과", "사과", "사과", "배"] and entry["answer_type"] == "그 외"
-    assert entry["question_id"] == "kvqa.json:0"
-    own = {"image": "c.jpg", "question": "사과가 몇 개?", "answers": ["셋"], "question_id": "q1"}
-    (tmp_path / "own.jsonl").write_text(json.dumps(own, ensure_ascii=False) + "\n", encoding="utf-8")
-    entry = formats.read_vqa(tmp_path / "own.jsonl", tmp_path)[0]
-    assert entry["answer_type"] == "숫자" and entry["question_id"] == "q1"
-
-
-def test_unknown_layouts_are_refused_naming_the_keys(tmp_path, coco):
-    write_json(tmp_path / "odd.json", {"data": [], "version": 2})
-    with pytest.raises(ValueError, match=r"odd.json: unknown layout; found keys \['data', 'version'\]"):
-        formats.read_vqa(tmp_path / "odd.json", tmp_path)
-    write_json(tmp_path / "odd_list.json", [{"img": "a.jpg", "text": "x"}])
-    with pytest.raises(ValueError, match=r"found keys \['img', 'text'\]"):
-        formats.read_captions(tmp_path / "odd_list.json", tmp_path)
-    with pytest.raises(ValueError, match="not VQA questions"):
-        formats.read_vqa(coco[0], coco[1])
-    with pytest.raises(FileNotFoundError):
-        formats.read_captions(tmp_path / "nothing.json", tmp_path)
-
-
-def test_check_command_line(coco):
-    path, root = coco
-    command = [sys.executable, str(Path(data.__file__)), "check", "--captions", str(path), "--images", str(root)]
-    result = subprocess.run(command + ["--max-bad-share", "0.5"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[:4] == ["entries: 9", "images: 3", "captions: 6", "bad: 3"]
-    assert "bad missing image: " + str(root / "train2014" / "COCO_train2014_000000000004.jpg") in lines
-    assert "bad empty text: 3" in lines and len(lines) == 7
-    refused = subprocess.run(command, capture_output=True, text=True)
-    assert refused.returncode == 1 and refused.stderr.startswith("error: 3 of 9 entries are unusable")
+def question_entries(folder, records):
+    """formats.Entries of question records {image, question, answers, ...}, through the project's JSONL."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return formats.read_vqa(write_jsonl(Path(folder) / "questions.jsonl", records), folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,10 +311,14 @@ def test_itm_pairs_half_matched_with_other_images():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def test_caption_dataset_and_collate(tokenizer, coco):
-    entries, _ = formats.check_entries(formats.read_captions(*coco), max_bad_share=0.5)
-    dataset = data.CaptionDataset(entries, 16)
-    batch = data.collate_captions([dataset[0], dataset[3]], tokenizer, 12)
+def test_caption_dataset_and_collate(tokenizer, tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        save_jpeg(tmp_path / name)
+    captions = [{"image": "a.jpg", "caption": "빨간 사각형", "image_id": "1"},
+                {"image": "a.jpg", "caption": "붉은 네모가 있다", "image_id": "1"},
+                {"image": "b.jpg", "caption": "파란 원", "image_id": "2"}]
+    dataset = data.CaptionDataset(formats.read_captions(write_jsonl(tmp_path / "captions.jsonl", captions), tmp_path), 16)
+    batch = data.collate_captions([dataset[0], dataset[2]], tokenizer, 12)
     assert batch["pixels"].shape == (2, 3, 16, 16)
     assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[1] <= 12
     assert batch["image_ids"] == ["1", "2"]
@@ -452,13 +328,15 @@ def test_caption_dataset_and_collate(tokenizer, coco):
 # VQA targets
 
 
-def test_answer_scores_vocab_and_unanswerable():
+def test_answer_scores_vocab_and_unanswerable(tmp_path):
     assert data.answer_scores(["예"]) == {"예": 1.0}
     scores = data.answer_scores(["a"] * 3 + ["b"] * 2 + ["c"] + ["d"] * 4)
     assert scores == {"a": 0.9, "b": 0.6, "c": 0.3, "d": 1.0}
-    entries = [{"answers": ["예"]}, {"answers": ["예", "아니오"]}, {"answers": ["2개"]}, {"answers": ["희귀"]}]
+    answers = [["예"], ["예", "아니오"], ["2개"], ["희귀"]]
+    entries = question_entries(tmp_path, [{"image": f"{number}.jpg", "question": "무엇?", "answers": given}
+                                          for number, given in enumerate(answers)])
     assert data.build_answer_vocab(entries, 3) == ["예", "2개", "아니오"]
-    assert data.drop_unanswerable(entries, ["예", "2개"]) == entries[:3]
+    assert [entry["answers"] for entry in data.drop_unanswerable(entries, ["예", "2개"])] == answers[:3]
 
 
 @pytest.mark.parametrize("entry, expected", [
@@ -485,12 +363,13 @@ def test_answer_type_of(entry, expected):
     assert formats.answer_type_of(entry) == expected
 
 
-def test_split_dev_by_image_is_disjoint_and_deterministic():
-    entries = [{"image_id": f"img{index % 37}", "question_id": index} for index in range(300)]
+def test_split_dev_by_image_is_disjoint_and_deterministic(tmp_path):
+    entries = question_entries(tmp_path, [{"image": f"img{index % 37}.jpg", "question": "무엇?", "answers": ["컵"],
+                                           "question_id": index} for index in range(300)])
     train, dev = data.split_dev(entries, 50, seed=3)
     assert len(train) + len(dev) == 300 and len(dev) >= 50
-    assert not {entry["image_id"] for entry in train} & {entry["image_id"] for entry in dev}
-    again = data.split_dev(list(reversed(entries)), 50, seed=3)
+    assert not {entry["image"] for entry in train} & {entry["image"] for entry in dev}
+    again = data.split_dev(entries[::-1], 50, seed=3)
     assert {entry["question_id"] for entry in again[1]} == {entry["question_id"] for entry in dev}
     assert {entry["question_id"] for entry in data.split_dev(entries, 50, seed=4)[1]} != {entry["question_id"] for entry in dev}
     with pytest.raises(ValueError):
@@ -500,10 +379,10 @@ def test_split_dev_by_image_is_disjoint_and_deterministic():
 def test_vqa_dataset_targets_and_augmentation(tokenizer, tmp_path):
     rng = np.random.default_rng(2)
     Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "q.png")
-    entries = [{"image": str(tmp_path / "q.png"), "question": "원이 몇 개 있나요?", "answers": ["2개"] * 2 + ["3개"],
-                "answer_type": "숫자", "question_id": 5, "image_id": "q"},
-               {"image": str(tmp_path / "q.png"), "question": "무엇?", "answers": ["희귀"],
-                "answer_type": "그 외", "question_id": 6, "image_id": "q"}]
+    entries = question_entries(tmp_path, [
+        {"image": "q.png", "question": "원이 몇 개 있나요?", "answers": ["2개"] * 2 + ["3개"], "answer_type": "숫자",
+         "question_id": 5},
+        {"image": "q.png", "question": "무엇?", "answers": ["희귀"], "answer_type": "그 외", "question_id": 6}])
     vocab = ["2개", "3개", "예"]
     dataset = data.VqaDataset(entries, vocab, 24, augment=data.RandAugment(), seed=1)
     item = dataset[0]

@@ -1,5 +1,5 @@
 """Tests of finetune.py and predict.py on a tiny demo set (CPU, seconds): a fine-tuning run from a
-pretraining checkpoint writes results.json in the SPEC §7 shape, dev_predictions.jsonl and best/;
+pretraining checkpoint writes results.json in the shape the README documents, dev_predictions.jsonl and best/;
 a ViLT run without pretraining carves its own dev split; predict.py answers one question and a
 JSONL file and reports bad input in one line."""
 
@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ import predict
 import pretrain
 from model import CONFIGS, build_model, build_optimizer
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_FLAGS = ["--config", "tiny", "--batch", "8", "--micro-batch", "4", "--steps", "4", "--max-len", "16",
                   "--log-every", "2", "--eval-every", "2", "--save-every", "2", "--workers", "0"]
 
@@ -172,19 +175,6 @@ def test_predict_a_questions_file(finetuned, demo_set, tmp_path, capsys):
     assert "1 with errors" in captured.out and captured.err.count("error: ") == 1
 
 
-def test_demo_tables(capsys):
-    def result(accuracy):
-        by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1} for answer_type in formats.ANSWER_TYPES}
-        history = [{"step": step, "accuracy": accuracy, "vqa_score": accuracy} for step in (10, 20, 30)]
-        return {"steps": 30, "overall": {"accuracy": accuracy, "vqa_score": accuracy, "n": 4}, "by_type": by_type,
-                "history": history}
-
-    demo.print_demo_tables({"with pretraining": result(0.6), "without pretraining": result(0.5),
-                                "ViLT without pretraining": result(0.4)})
-    printed = capsys.readouterr().out
-    assert "0.6000" in printed and "50.00" in printed and "40.00" in printed and "숫자" in printed
-
-
 def test_finetune_help_documents_its_flags(capsys):
     with pytest.raises(SystemExit):
         finetune.parse_args(["--help"])
@@ -192,3 +182,47 @@ def test_finetune_help_documents_its_flags(capsys):
     for flag in ["--train", "--dev", "--dev-size", "--images", "--tokenizer", "--pretrained", "--clip", "--text",
                  "--arch", "--answers", "--augment", "--batch", "--micro-batch", "--eval-every", "--resume", "--demo"]:
         assert flag in printed
+
+
+def test_vqa_step_under_bf16_autocast_matches_fp32(finetuned, demo_set):
+    answerer = predict.Answerer(str(finetuned))
+    model = answerer.model.eval()
+    entries = formats.read_vqa(demo_set["vqa_train"], demo_set["images"])[:8]
+    dataset = data.VqaDataset(entries, answerer.answers, model.cfg.image_size)
+    batch = data.collate_vqa([dataset[index] for index in range(8)], answerer.tokenizer, 16)
+    full = finetune.vqa_losses(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = finetune.vqa_losses(model, batch)
+    half["loss"].backward()
+    assert half["loss"].dtype == torch.float32
+    torch.testing.assert_close(half["loss"], full["loss"].detach(), rtol=1e-2, atol=1e-2)
+    assert all(torch.isfinite(parameter.grad).all() for parameter in model.parameters() if parameter.grad is not None)
+
+
+def test_two_processes_fine_tune_with_frozen_pretraining_heads(demo_set, finetuned, tmp_path):
+    """Under torchrun the model is wrapped in DistributedDataParallel; the MLM and ITM heads of a pretrained
+    checkpoint get no VQA gradient and are frozen, so DDP waits for none. Two processes match one."""
+    pretrained = str(finetuned.parent / "pretrain")
+    arguments = ["--train", demo_set["vqa_train"], "--dev", demo_set["vqa_dev"], "--images", demo_set["images"],
+                 "--tokenizer", demo_set["tokenizer"], "--pretrained", pretrained, "--lr", "1e-4", *TRAINING_FLAGS,
+                 "--steps", "2", "--eval-every", "2", "--augment", "none"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    finetune.main([*arguments, "--out", str(tmp_path / "single")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(REPO, "finetune.py"), *arguments, "--out", str(tmp_path / "parallel")]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = load_file(tmp_path / "single" / "model.safetensors")
+    parallel = load_file(tmp_path / "parallel" / "model.safetensors")
+    for name in single:
+        torch.testing.assert_close(parallel[name], single[name], rtol=1e-4, atol=1e-5)
+
+
+def test_predict_under_bf16_autocast_agrees_with_fp32(finetuned, demo_set):
+    image = os.path.join(demo_set["images"], "shapes", "shapes_000041.jpg")
+    questions = ["도형은 모두 몇 개인가요?", "빨간색 원이 있나요?"]
+    full = predict.Answerer(str(finetuned)).answer([image, image], questions, top=3)
+    half = predict.Answerer(str(finetuned), dtype="bf16").answer([image, image], questions, top=3)
+    for full_row, half_row in zip(full, half):
+        assert all(isinstance(probability, float) for _, probability in half_row)
+        assert max(abs(full_probability - dict(half_row).get(answer, 0.0)) for answer, full_probability in full_row) < 0.02

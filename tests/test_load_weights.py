@@ -1,6 +1,6 @@
 """
 load_weights.py: round trips, position-embedding resizing, METER's layout, and every bad-input case
-(SPEC §7): a clear one-line error naming the file and key, and a model left untouched.
+(the README's weights table): a clear one-line error naming the file and key, and a model left untouched.
 
     python -m pytest -q tests/test_load_weights.py
 """
@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from checkpoints import save_model
 from load_weights import (clip_table, initialise_encoders, load_clip, load_meter, load_text, meter_table,
-                          roberta_table, save_model)
+                          roberta_table)
 from model import CONFIGS, ClipVision, build_model, resize_position_embedding
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,3 +198,13 @@ def test_inspect_and_convert_commands(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
     result = run_cli("inspect", tmp_path / "junk.safetensors")
     assert result.returncode != 0 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_inspect_names_the_keys_a_file_lacks(tmp_path):
+    state = {f"vision_model.{key}": value for key, value in hf_clip_names(build_model(CFG).vision).items()}
+    del state["vision_model.embeddings.position_embedding.weight"]
+    save_file(state, tmp_path / "clip.safetensors")
+    result = run_cli("inspect", tmp_path / "clip.safetensors")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"error: {tmp_path / 'clip.safetensors'}: clip-hf layout, but missing 1 key "
+                                          "its layout needs: vision_model.embeddings.position_embedding.weight"]

@@ -1,6 +1,6 @@
 """
 Parity of model.py with Hugging Face `transformers` as a numerical oracle, on random weights saved in the
-real key layouts (SPEC §2, §7), plus the attention fast path and dropout placement.
+real key layouts (Hugging Face CLIP and RoBERTa, OpenAI CLIP, METER), plus the attention fast path and dropout placement.
 
     python -m pytest -q tests/test_model.py
 """
@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from load_weights import load_clip, load_meter, load_text
-from model import CONFIGS, Attention, ClipVision, RobertaText, build_model, compile_layers
+from model import CONFIGS, Attention, ClipVision, RobertaText, build_model, compile_layers, recompute_layers
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test-only oracle; "
                                    "pip install transformers to run the parity tests")
@@ -273,3 +273,23 @@ def test_compiled_layers_match_eager():
         difference = (ours[name] - expected[name]).abs().max().item()
         print(f"compiled {name} max abs difference {difference:.2e}")
         assert difference <= TOLERANCE, name
+
+
+@pytest.mark.parametrize("arch", ["meter", "vilt"])
+def test_recomputed_layers_give_the_same_gradients(arch):
+    """--recompute keeps only each layer's input and reruns the layer in the backward pass; dropout is replayed
+    with the same random state, so the gradients equal those of a plain backward pass."""
+    torch.manual_seed(0)
+    plain = build_model(replace(CFG, arch=arch)).train()
+    recomputed = build_model(replace(CFG, arch=arch)).train()
+    recomputed.load_state_dict(plain.state_dict())
+    recompute_layers(recomputed)
+    pixels, input_ids, attention_mask = pixels_and_text()
+    gradients = []
+    for model in (plain, recomputed):
+        torch.manual_seed(1)  # the same dropout masks in both forward passes
+        model(pixels, input_ids, attention_mask)["cls_feats"].square().sum().backward()
+        gradients.append({name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[1][name], gradients[0][name], rtol=1e-5, atol=1e-6)

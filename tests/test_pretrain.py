@@ -4,8 +4,11 @@ stopping on a non-finite loss, the vocabulary check, metrics and curves."""
 
 import dataclasses
 import json
+import math
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 
@@ -240,3 +243,75 @@ def test_help_documents_every_flag(capsys):
                  "--log-every", "--eval-every", "--save-every", "--out", "--resume", "--device", "--workers",
                  "--compile", "--max-bad-share", "--demo", "--captions", "--images", "--tokenizer", "--clip", "--text"]:
         assert flag in printed
+
+
+def test_sigterm_mid_run_saves_and_resumes_exactly(caption_set, tmp_path, monkeypatch, single_thread):
+    """What a scheduler's preemption does: SIGTERM during step 3 finishes that step, checkpoints it and
+    exits with the command that resumes; the resumed run ends bitwise equal to an uninterrupted one."""
+    pretrain.main(run_arguments(caption_set, tmp_path / "straight"))
+    calls = {"count": 0}
+    original = pretrain.pretrain_losses
+
+    def terminated_in_step_three(model, *arguments, **keywords):
+        calls["count"] += model.training
+        if calls["count"] == 5:  # first micro-batch of step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(model, *arguments, **keywords)
+
+    monkeypatch.setattr(pretrain, "pretrain_losses", terminated_in_step_three)
+    with pytest.raises(SystemExit) as stop:
+        pretrain.main(run_arguments(caption_set, tmp_path / "stopped"))
+    message = str(stop.value.code)
+    assert message.startswith("stopped by SIGTERM after step 3") and message.endswith("--resume") and "\n" not in message
+    assert json.loads((tmp_path / "stopped" / "training_state.json").read_text())["step"] == 3
+    assert not (tmp_path / "stopped" / "running.json").exists()
+    monkeypatch.setattr(pretrain, "pretrain_losses", original)
+    pretrain.main(run_arguments(caption_set, tmp_path / "stopped", "--resume"))
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "stopped" / "model.safetensors")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_a_folder_holding_a_run_is_refused_unless_told(caption_set, tmp_path):
+    pretrain.main(run_arguments(caption_set, tmp_path / "run", "--steps", "2"))
+    with pytest.raises(SystemExit) as stop:
+        pretrain.main(run_arguments(caption_set, tmp_path / "run", "--steps", "2"))
+    message = str(stop.value.code)
+    assert "holds a finished run (step 2 of 2)" in message and "--resume" in message and "--overwrite" in message
+    pretrain.main(run_arguments(caption_set, tmp_path / "run", "--steps", "2", "--overwrite"))
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process on this machine marked as training into the folder
+        (tmp_path / "run" / "running.json").write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid}))
+        with pytest.raises(SystemExit) as stop:
+            pretrain.main(run_arguments(caption_set, tmp_path / "run", "--steps", "2", "--overwrite"))
+        assert f"process {sleeper.pid} on this machine is training into it" in str(stop.value.code)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    pretrain.main(run_arguments(caption_set, tmp_path / "run", "--steps", "2", "--overwrite"))  # the lock went stale
+
+
+def test_bf16_autocast_step_matches_fp32(caption_set):
+    """The whole pretraining step under CPU bf16 autocast (what CUDA runs): losses within 1% of fp32, losses
+    and gradients in fp32, every gradient finite."""
+    model, tokenizer, batch = tiny_model_and_batch(caption_set)
+    model.eval()
+    batch = pretrain.add_pretrain_targets(batch, tokenizer, torch.Generator().manual_seed(1))
+    full = pretrain.pretrain_losses(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = pretrain.pretrain_losses(model, batch)
+    half["loss"].backward()
+    for name in ("loss", "mlm_loss_sum", "itm_loss_sum"):
+        assert half[name].dtype == torch.float32
+        torch.testing.assert_close(half[name], full[name].detach(), rtol=1e-2, atol=1e-2)
+    assert all(parameter.grad.dtype == torch.float32 and torch.isfinite(parameter.grad).all()
+               for parameter in model.parameters() if parameter.grad is not None)
+
+
+def test_bf16_training_run_on_cpu(caption_set, tmp_path):
+    pretrain.main(run_arguments(caption_set, tmp_path / "bf16", "--dtype", "bf16", "--steps", "2"))
+    rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(row["mlm_loss"]) and math.isfinite(row["itm_loss"]) for row in rows)
+    assert {tensor.dtype for tensor in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.float32}

@@ -1,0 +1,345 @@
+"""Where the model looks: attention heatmaps drawn over the picture, and a self-contained HTML page of answers.
+
+Off the reading path: the machinery behind `predict.py --explain` and `--report`, and finetune.py's
+dev_report.html. A map is the text stream's cross-attention in one co-attention layer (METER, Dou et al.,
+CVPR 2022, §3.2): for the question's tokens, the softmax over the image tokens, averaged over the heads,
+taken from model.py's Attention itself (Meter.text_to_image_attention). For ViLT (Kim et al., ICML 2021) it is
+the text-to-image block of one layer's self-attention. Each question gets two maps: the [CLS] token's row (the
+token the text pooler reads) and the mean of the rows of all its real tokens. Raw attention shows where the
+tokens look, not how much each patch decides the answer (Abnar & Zuidema, ACL 2020, "Quantifying Attention
+Flow in Transformers"): read the maps as a hint, not as a proof.
+
+    python predict.py --ckpt out/finetune_demo/pretrained --image demo_data/images/shapes/shapes_000907.jpg \
+        --question "파란색 원은 어디에 있나요?" --explain map.png   # after python finetune.py --demo; 1 s on CPU
+
+The page (one HTML file, thumbnails embedded as base64 JPEG, CSS only: no script, no network) groups the
+questions by answer type, with the accuracy per type at the top and the mistakes first in each group.
+"""
+
+import base64
+import functools
+import html
+import io
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import checkpoints
+import data
+import formats
+
+EXPLAIN_SIDE = 288     # pixels per panel of an --explain picture: the picture, then its two maps
+MARGIN, GAP = 16, 12   # pixels around and between the panels
+THUMBNAIL_SIDE = 160   # pixels of a thumbnail on the page
+JPEG_QUALITY = 80
+PAGE_MAP = 0           # the map a thumbnail shows: 0 = the [CLS] row, 1 = the mean of the real tokens' rows
+MAP_NAMES = ("[CLS] token", "mean of the tokens")
+# Turbo-like colour map (Mikhailov, 2019, "Turbo, an improved rainbow colormap"): indigo where the tokens look
+# least, through blue, cyan, green and orange, to red where they look most. Evenly spaced stops, linear in between.
+COLOUR_STOPS = np.array([(48, 18, 59), (70, 117, 237), (27, 207, 212), (97, 252, 108), (254, 185, 56),
+                         (215, 38, 4)], dtype=np.float32)
+OPACITY = (0.15, 0.55)  # the map's share of a pixel where it is at its minimum and where it is at its maximum
+# Fonts with Hangul, tried in this order when --font is not given: Pillow's own font has no Korean glyphs.
+HANGUL_FONTS = [
+    "/usr/share/fonts/truetype/nanum/NanumGothic.ttf",             # Debian / Ubuntu: fonts-nanum
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",      # Debian / Ubuntu: fonts-noto-cjk
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",    # Fedora
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",           # Arch
+    "/System/Library/Fonts/AppleSDGothicNeo.ttc",                  # macOS
+    "C:/Windows/Fonts/malgun.ttf",                                 # Windows: Malgun Gothic
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# From the model: answers and the attention maps behind them
+
+
+def layer_count(model):
+    """The layers whose text-to-image attention can be shown: co-attention layer pairs, or ViLT's blocks."""
+    return model.cfg.fusion_layers if model.cfg.arch == "meter" else model.cfg.vilt_layers
+
+
+def layer_index(model, number):
+    """--layer N (1 = the first layer, None = the last) -> the index text_to_image_attention takes."""
+    count = layer_count(model)
+    if number is None:
+        return count - 1
+    if not 1 <= number <= count:
+        raise ValueError(f"--layer {number}: the model has {count} layers to show (1 to {count})")
+    return number - 1
+
+
+def describe_layer(model, index):
+    """Which attention the maps of layer index `index` are, in words, for a caption."""
+    count = layer_count(model)
+    if model.cfg.arch == "meter":
+        return (f"text stream's cross-attention to the image, fusion layer {index + 1} of {count}, "
+                f"mean of {model.cfg.fusion_heads} heads")
+    return (f"text-to-image block of ViLT's attention, layer {index + 1} of {count}, "
+            f"mean of {model.cfg.vision_heads} heads")
+
+
+def attention_maps(probs, attention_mask):
+    """Text-to-image probabilities [B, heads, T, 1+N] -> maps [B, 2, side, side]: the [CLS] token's row and the
+    mean of the real tokens' rows, averaged over the heads, on the patch grid (the image's class token left out)."""
+    per_token = probs.float().mean(dim=1)[:, :, 1:]  # [B, heads, T, 1+N] -> [B, T, N]
+    weights = attention_mask.float() / attention_mask.sum(dim=1, keepdim=True)  # [B, T], 0 on padding
+    mean_of_tokens = (weights[:, :, None] * per_token).sum(dim=1)  # [B, T, N] -> [B, N]
+    maps = torch.stack([per_token[:, 0], mean_of_tokens], dim=1)  # [B, 2, N]
+    side = math.isqrt(maps.shape[-1])
+    return maps.reshape(maps.shape[0], 2, side, side)  # [B, 2, N] -> [B, 2, side, side], patches row by row
+
+
+@torch.no_grad()
+def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions, top=5, layer=None, dtype="fp32"):
+    """(top answers [[(answer, probability), ...] per question], maps [B, 2, side, side] of the layer with index
+    `layer`, or None without one). The inputs must be usable (predict.Answerer.check); the model in eval mode.
+    Probabilities are the VQA head's sigmoids (it is trained with binary cross-entropy), computed in fp32 even
+    under dtype "bf16" (bf16 autocast for the model)."""
+    device = next(model.parameters()).device
+    pixels = torch.stack([data.load_image(path, model.cfg.image_size) for path in image_paths])  # [B, 3, S, S]
+    pixels = pixels.to(device)
+    input_ids, attention_mask = (tensor.to(device) for tensor in tokenizer.encode(questions, max_len))  # [B, T] each
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        if layer is None:
+            out, maps = model(pixels, input_ids, attention_mask), None
+        else:
+            out, probs = model.text_to_image_attention(pixels, input_ids, attention_mask, layer)
+            maps = attention_maps(probs.float(), attention_mask).cpu()
+        logits = model.vqa_head(out["cls_feats"])
+    probabilities = torch.sigmoid(logits.float())  # [B, num_answers]
+    values, indices = probabilities.topk(min(top, len(answer_vocab)), dim=-1)  # [B, top]
+    top_answers = [[(answer_vocab[index], value) for index, value in zip(row_indices.tolist(), row_values.tolist())]
+                   for row_indices, row_values in zip(indices, values)]
+    return top_answers, maps
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing: a map over the picture
+
+
+def colour_map(values):
+    """[H, W] floats in [0, 1] -> [H, W, 3] uint8 colours along COLOUR_STOPS."""
+    stops = np.linspace(0.0, 1.0, len(COLOUR_STOPS))
+    channels = [np.interp(values, stops, COLOUR_STOPS[:, channel]) for channel in range(3)]  # 3 x [H, W]
+    return np.stack(channels, axis=-1).astype(np.uint8)  # [H, W, 3]
+
+
+def model_view(image_path, side):
+    """The square the model sees (CLIP's resize and center crop), at `side` pixels."""
+    return data.resize_center_crop(formats.open_rgb(image_path, min_side=side), side)
+
+
+def overlay(picture, heat):
+    """The picture with a map [side, side] over it: stretched from its minimum (0) to its maximum (1), upsampled
+    bilinearly to the picture, coloured, and blended in more strongly where it is high."""
+    values = heat.float().numpy()
+    values = (values - values.min()) / max(float(values.max() - values.min()), 1e-12)
+    upsampled = np.asarray(Image.fromarray(values, mode="F").resize(picture.size, Image.Resampling.BILINEAR))
+    upsampled = np.clip(upsampled, 0.0, 1.0)  # [H, W]
+    opacity = (OPACITY[0] + (OPACITY[1] - OPACITY[0]) * upsampled)[:, :, None]  # [H, W] -> [H, W, 1]
+    blended = (1 - opacity) * np.asarray(picture, dtype=np.float32) + opacity * colour_map(upsampled)
+    return Image.fromarray(np.round(blended).astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=1)
+def hangul_font_path():
+    """The first of HANGUL_FONTS on this machine, or None (with one warning)."""
+    for path in HANGUL_FONTS:
+        if os.path.isfile(path):
+            return path
+    print("warning: no font with Hangul found (install fonts-nanum or fonts-noto-cjk, or pass --font FILE): "
+          "Korean text on the picture will show as boxes", file=sys.stderr)
+    return None
+
+
+def load_font(size, font_path=None):
+    path = font_path or hangul_font_path()
+    if path is None:
+        return ImageFont.load_default(size)
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError as error:
+        raise ValueError(f"{path}: not a usable font ({error})") from None
+
+
+def wrapped(draw, text, font, width):
+    """text cut into lines no wider than `width` pixels, at spaces where possible."""
+    lines = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(candidate, font=font) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def explain_picture(image_path, question, top_answers, maps, layer_description, font_path=None):
+    """The --explain picture: the answer with its probability and the question on top; then the picture as the
+    model sees it, alone and under its two maps ([CLS] and the mean of the tokens), each captioned with the
+    share of the attention its patches get; then the colour scale and the layer."""
+    width = 3 * EXPLAIN_SIDE + 2 * GAP + 2 * MARGIN
+    large, small = load_font(24, font_path), load_font(15, font_path)
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    answer, probability = top_answers[0]
+    header = [(f"{answer}   {probability:.3f}", large)]
+    header += [(line, small) for line in wrapped(scratch, f"Q: {question}", small, width - 2 * MARGIN)]
+    if len(top_answers) > 1:
+        runners_up = ", ".join(f"{other} {other_probability:.3f}" for other, other_probability in top_answers[1:])
+        header += [(line, small) for line in wrapped(scratch, f"next: {runners_up}", small, width - 2 * MARGIN)]
+    line_heights = [font.size + 8 for _, font in header]
+    panels_top = MARGIN + sum(line_heights) + 4
+    scale_top = panels_top + EXPLAIN_SIDE + 2 * (small.size + 6) + 10  # room for two lines of caption
+    canvas = Image.new("RGB", (width, scale_top + 64), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = MARGIN
+    for (text, font), height in zip(header, line_heights):
+        draw.text((MARGIN, y), text, fill="black", font=font)
+        y += height
+    picture = model_view(image_path, EXPLAIN_SIDE)
+    panels = [(picture, "the picture, as the model sees it")]
+    panels += [(overlay(picture, heat), f"{name}: {100 * heat.min():.2f}% to {100 * heat.max():.2f}% of its "
+                f"attention per patch") for heat, name in zip(maps, MAP_NAMES)]
+    for column, (panel, caption) in enumerate(panels):
+        left = MARGIN + column * (EXPLAIN_SIDE + GAP)
+        canvas.paste(panel, (left, panels_top))
+        for line_number, line in enumerate(wrapped(draw, caption, small, EXPLAIN_SIDE)):
+            line_top = panels_top + EXPLAIN_SIDE + 6 + line_number * (small.size + 6)
+            draw.text((left, line_top), line, fill="black", font=small)
+    scale = Image.fromarray(colour_map(np.tile(np.linspace(0.0, 1.0, 200), (12, 1))))  # [12, 200] -> [12, 200, 3]
+    draw.text((MARGIN, scale_top), "least", fill="black", font=small)
+    canvas.paste(scale, (MARGIN + 48, scale_top + 3))
+    draw.text((MARGIN + 256, scale_top), "most attention (each map from its own minimum to its maximum)",
+              fill="black", font=small)
+    draw.text((MARGIN, scale_top + 26), layer_description, fill="dimgray", font=small)
+    return canvas
+
+
+def thumbnail(image_path, heat):
+    """A base64 JPEG of the map over the picture, THUMBNAIL_SIDE pixels square."""
+    buffer = io.BytesIO()
+    overlay(model_view(image_path, THUMBNAIL_SIDE), heat).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------------------------
+# The page
+
+
+PAGE_STYLE = """
+body { font-family: "Noto Sans KR", "Apple SD Gothic Neo", "Malgun Gothic", NanumGothic, sans-serif;
+       margin: 24px; color: #222; }
+h1 { font-size: 22px; margin-bottom: 4px; }
+.about { color: #555; font-size: 14px; max-width: 960px; }
+table.summary { border-collapse: collapse; margin: 16px 0 24px; }
+table.summary th, table.summary td { padding: 4px 14px; border-bottom: 1px solid #ddd; text-align: right; }
+table.summary th:first-child, table.summary td:first-child { text-align: left; }
+table.summary tr.overall td { font-weight: bold; border-top: 2px solid #888; }
+h2 { font-size: 18px; border-bottom: 2px solid #ccc; padding-bottom: 4px; margin-top: 32px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { width: 200px; border: 1px solid #ddd; border-left: 6px solid #aaa; border-radius: 4px; padding: 8px;
+        font-size: 13px; }
+.card.wrong { border-left-color: #d62728; background: #fff6f6; }
+.card.right { border-left-color: #2ca02c; }
+.card img { width: 160px; height: 160px; display: block; margin-bottom: 6px; }
+.question { font-weight: bold; margin: 4px 0; }
+.verdict { margin: 4px 0; }
+.wrong .verdict { color: #b01e1e; }
+.right .verdict { color: #1d7a1d; }
+ol.top { list-style: none; padding: 0; margin: 4px 0 0; }
+ol.top li { position: relative; z-index: 0; margin: 2px 0; padding: 1px 4px; display: flex;
+            justify-content: space-between; }
+ol.top li .bar { position: absolute; left: 0; top: 0; bottom: 0; background: #dbe7f5; z-index: -1; }
+ol.top li.reference { font-weight: bold; }
+.id { color: #999; font-size: 11px; }
+"""
+
+
+def percent(right, judged):
+    return f"{100 * right / judged:.1f}%" if judged else "–"
+
+
+def card_html(row):
+    """One question: thumbnail, question, verdict against the reference answer, top answers with bars."""
+    verdict_class = {True: "right", False: "wrong", None: "unjudged"}[row["correct"]]
+    if row["correct"] is None:
+        verdict = "no reference answer"
+    else:
+        verdict = f"{'✓ right' if row['correct'] else '✗ wrong'} · reference: {html.escape(row['reference'])}"
+    answers = "".join(
+        f'<li class="{"reference" if answer == row["reference"] else ""}">'
+        f'<span class="bar" style="width: {100 * probability:.1f}%"></span>'
+        f"<span>{html.escape(answer)}</span><span>{probability:.3f}</span></li>"
+        for answer, probability in row["top"])
+    return (f'<div class="card {verdict_class}" data-question-id="{html.escape(str(row["question_id"]))}" '
+            f'data-answer-type="{html.escape(row["answer_type"])}">'
+            f'<img src="data:image/jpeg;base64,{row["thumbnail"]}" alt="attention over the picture">'
+            f'<p class="question">{html.escape(row["question"])}</p><p class="verdict">{verdict}</p>'
+            f'<ol class="top">{answers}</ol><p class="id">{html.escape(os.path.basename(row["image"]))}</p></div>')
+
+
+def page_html(rows, title, about):
+    """The whole page: title, what the maps show, accuracy per answer type, then one section per type with its
+    mistakes first (each group otherwise in the input's order)."""
+    def tally(group):
+        judged = [row for row in group if row["correct"] is not None]
+        return len(group), sum(row["correct"] for row in judged), len(judged)
+
+    groups = [(answer_type, [row for row in rows if row["answer_type"] == answer_type])
+              for answer_type in formats.ANSWER_TYPES]
+    summary = ["<tr><th>answer type</th><th>questions</th><th>right</th><th>accuracy</th></tr>"]
+    sections = []
+    for number, (answer_type, group) in enumerate(groups):
+        count, right, judged = tally(group)
+        name = f'<a href="#type-{number}">{html.escape(answer_type)}</a>' if group else html.escape(answer_type)
+        summary.append(f'<tr data-answer-type="{html.escape(answer_type)}" data-questions="{count}"><td>{name}</td>'
+                       f"<td>{count}</td><td>{right}</td><td>{percent(right, judged)}</td></tr>")
+        if group:
+            # mistakes, then questions without a reference, then right answers; sorted() keeps the input order within
+            ordered = sorted(group, key=lambda row: {False: 0, None: 1, True: 2}[row["correct"]])
+            heading = f"{html.escape(answer_type)} · {percent(right, judged)} right ({right} of {judged})"
+            sections.append(f'<section id="type-{number}" data-answer-type="{html.escape(answer_type)}">'
+                            f"<h2>{heading}</h2>"
+                            f'<div class="cards">{"".join(card_html(row) for row in ordered)}</div></section>')
+    count, right, judged = tally(rows)
+    summary.append(f'<tr class="overall" data-questions="{count}"><td>all</td><td>{count}</td><td>{right}</td>'
+                   f"<td>{percent(right, judged)}</td></tr>")
+    return (f'<!DOCTYPE html>\n<html lang="ko"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f'<p class="about">{html.escape(about)}</p>'
+            f'<table class="summary">{"".join(summary)}</table>{"".join(sections)}</body></html>\n')
+
+
+def write_report(path, model, tokenizer, answer_vocab, max_len, entries, reference_answer, title, layer=None,
+                 batch_size=32, top=3):
+    """Answer VQA entries ({"image", "question", "answers", "answer_type", "question_id"}, usable) in batches and
+    write the page to `path`. reference_answer(answers) is the answer a prediction must equal to count as right
+    (finetune.reference_answer, the rule of results.json); entries without answers are shown unjudged.
+    layer: --layer's number (1 = first, None = last). Returns the rows the page shows."""
+    index = layer_index(model, layer)
+    was_training = model.training
+    model.eval()
+    rows = []
+    for start in range(0, len(entries), batch_size):
+        batch = entries[start:start + batch_size]
+        top_answers, maps = answer_batch(model, tokenizer, answer_vocab, max_len, [entry["image"] for entry in batch],
+                                         [entry["question"] for entry in batch], top, index)
+        for entry, answers, heat in zip(batch, top_answers, maps[:, PAGE_MAP]):
+            reference = reference_answer(entry["answers"]) if entry["answers"] else ""
+            rows.append({"question_id": entry["question_id"], "question": entry["question"], "image": entry["image"],
+                         "answer_type": entry["answer_type"], "reference": reference, "top": answers,
+                         "correct": answers[0][0] == reference if reference else None,
+                         "thumbnail": thumbnail(entry["image"], heat)})
+    model.train(was_training)
+    about = (f"{len(rows)} questions. Each picture is what the model sees, with the attention of the question's "
+             f"{MAP_NAMES[PAGE_MAP]} over the image patches drawn on it ({describe_layer(model, index)}), from "
+             f"indigo where it looks least to red where it looks most. Answers are the VQA head's sigmoid "
+             f"probabilities, with bars; bold: the reference answer. Mistakes come first in each answer type.")
+    with checkpoints.atomic_write(path) as file:
+        file.write(page_html(rows, title, about))
+    return rows

@@ -1,0 +1,196 @@
+"""Tests of the demo's two synthetic worlds and its commands (CPU, seconds): the bars world writes the same
+bytes for a seed in any process, in layouts the readers take, with all four answer types and answers that
+follow from its pictures; it runs end to end (pretraining, then fine-tuning over two seeds); --world gives
+each world its own folders; --seeds puts its runs side by side and the tables report mean ± spread.
+
+    python -m pytest -q tests/test_demo.py
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bars_world
+import data
+import demo
+import finetune
+import formats
+import pretrain
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SIZES = {"caption_images": 40, "vqa_train_images": 30, "vqa_dev_images": 10, "questions_per_image": 4,
+              "image_size": 64, "vocab_size": 200}
+TRAINING_FLAGS = ["--config", "tiny", "--batch", "8", "--steps", "4", "--max-len", "40", "--log-every", "2",
+                  "--eval-every", "2", "--save-every", "4", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def bars_set(tmp_path_factory):
+    return demo.make_demo(str(tmp_path_factory.mktemp("bars") / "demo_data_bars"), world="bars", **TINY_SIZES)
+
+
+def files_of(root):
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(Path(root).rglob("*")) if path.is_file()}
+
+
+def test_bars_world_is_deterministic_in_any_process(bars_set, tmp_path):
+    root = Path(bars_set["captions"]).parent
+    script = (f"import demo; demo.make_demo({str(tmp_path / 'again')!r}, world='bars', "
+              + ", ".join(f"{name}={value}" for name, value in TINY_SIZES.items()) + ")")
+    environment = {**os.environ, "PYTHONHASHSEED": "12345"}  # another set order: bytes must not depend on it
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, env=environment, check=True)
+    first, again = files_of(root), files_of(tmp_path / "again")
+    assert first == again and len(first) == 40 + 30 + 10 + 5
+    assert any(name.startswith("images/bars/bars_") for name in first)
+    other = demo.make_demo(tmp_path / "other", seed=1, world="bars", **TINY_SIZES)
+    assert Path(other["vqa_train"]).read_bytes() != Path(bars_set["vqa_train"]).read_bytes()
+
+
+def test_bars_layouts_are_read_with_all_four_answer_types(bars_set):
+    captions, bad = formats.check_entries(formats.read_captions(bars_set["captions"], bars_set["images"]), 0)
+    assert len(captions) == 40 * 5 and not bad
+    assert {entry["split"] for entry in captions} == {"train2014", "val2014"}
+    train, _ = formats.check_entries(formats.read_vqa(bars_set["vqa_train"], bars_set["images"]), 0)
+    dev, _ = formats.check_entries(formats.read_vqa(bars_set["vqa_dev"], bars_set["images"]), 0)
+    assert len(train) == 30 * 4 and len(dev) == 10 * 4
+    assert not {entry["image"] for entry in train} & {entry["image"] for entry in dev}
+    assert {entry["answer_type"] for entry in train} == set(formats.ANSWER_TYPES)
+    for entry in [*train, *dev]:  # the stored type is also the one the readers infer from the answer
+        assert formats.answer_type_of({"answers": entry["answers"]}) == entry["answer_type"]
+    tokenizer = data.Tokenizer.load(bars_set["tokenizer"])
+    ids, _ = tokenizer.encode([entry["caption"] for entry in captions], 200)
+    assert not (ids == tokenizer.unk_id).any()
+    assert tokenizer.decode(ids[0]) == captions[0]["caption"]
+
+
+def test_bars_answers_follow_from_the_picture():
+    rng = random.Random(0)
+    size, unit = 96, 0.22 * 96
+    for _ in range(200):
+        bars = bars_world.bars_scene(rng)
+        assert 2 <= len(bars) <= 4 and [bar["slot"] for bar in bars] == sorted({bar["slot"] for bar in bars})
+        picture = np.asarray(bars_world.draw_bars(bars, size, rng)).astype(int)
+        for bar in bars:  # the bar's colour fills its slot up to its height, and no higher
+            centre = round((bar["slot"] + 0.5) * size / 4)
+            colour = np.array(bars_world.BAR_COLOURS[bar["colour"]][1])
+            column = np.abs(picture[:, centre - 2:centre + 3] - colour).sum(axis=2).min(axis=1) < 40
+            top = 0.86 * size - bar["level"] * unit
+            assert column[round(top) + 2:round(0.86 * size) - 2].all() and not column[:round(top) - 2].any()
+            dot = np.abs(picture[:round(top), centre - 2:centre + 3] - np.array(bars_world.DOT_COLOUR)).sum(axis=2) < 40
+            assert dot.any() == bar["dot"]
+        for question, answer, answer_type in bars_world.bars_questions(bars, rng, 6):
+            assert formats.answer_type_of({"answers": [answer]}) == answer_type
+            if question == "막대는 모두 몇 개인가요?":
+                assert answer == f"{len(bars)}개"
+            if question == "맨 왼쪽 막대는 무슨 색인가요?":
+                assert answer == bars[0]["colour"]
+            if question.endswith("막대보다 높나요?"):
+                first, second = question.split(" 막대")[0], question.split("가 ")[1].split(" 막대")[0]
+                levels = {bar["colour"]: bar["level"] for bar in bars}
+                assert answer == ("예" if levels[first] > levels[second] else "아니오")
+        korean, english = bars_world.bars_captions(bars, rng)
+        assert len(set(korean)) == 5 and len(english) == 5
+
+
+def test_bars_world_end_to_end(bars_set, tmp_path, capsys):
+    """Pretraining, then fine-tuning from it over two seeds: the runs side by side, then the tables."""
+    data_flags = ["--images", bars_set["images"], "--tokenizer", bars_set["tokenizer"]]
+    pretrain.main(["--captions", bars_set["captions"], *data_flags, *TRAINING_FLAGS, "--out", str(tmp_path / "pre")])
+    out = tmp_path / "finetune"
+    finetune.main(["--train", bars_set["vqa_train"], "--dev", bars_set["vqa_dev"], *data_flags, *TRAINING_FLAGS,
+                   "--pretrained", str(tmp_path / "pre"), "--augment", "safe", "--seeds", "2", "--out", str(out)])
+    for folder in (out, tmp_path / "finetune_seed1"):
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        assert results["overall"]["n"] == 40 and [row["step"] for row in results["history"]] == [2, 4]
+    assert json.loads((tmp_path / "finetune_seed1" / "training_state.json").read_text(encoding="utf-8"))["args"]["seed"] == 1
+    printed = capsys.readouterr().out
+    assert "mean ± sd over 2 seeds" in printed and "question only" in printed and "fine-tuned" in printed
+
+
+def test_world_chooses_the_folders():
+    shapes, bars = finetune.parse_args(["--demo"]), finetune.parse_args(["--demo", "--world", "bars"])
+    assert (shapes.demo_dir, shapes.out) == ("demo_data", os.path.join("out", "finetune_demo"))
+    assert (bars.demo_dir, bars.out) == ("demo_data_bars", os.path.join("out", "finetune_demo_bars"))
+    assert pretrain.parse_args(["--demo", "--world", "bars"]).out == os.path.join("out", "pretrain_demo_bars")
+    assert pretrain.parse_args(["--demo", "--world", "bars", "--out", "elsewhere"]).out == "elsewhere"
+    assert demo.demo_pretrained("bars") == os.path.join("out", "pretrain_demo_bars", "model.safetensors")
+    assert finetune.parse_args(["--demo", "--seeds", "3"]).seeds == 3
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--demo", "--seeds", "0"])
+
+
+def results_with(accuracy):
+    by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1} for answer_type in formats.ANSWER_TYPES}
+    history = [{"step": step, "accuracy": accuracy, "vqa_score": accuracy} for step in (10, 20, 30)]
+    return {"steps": 30, "overall": {"accuracy": accuracy, "vqa_score": accuracy, "n": 4}, "by_type": by_type,
+            "history": history}
+
+
+def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
+    """run_finetune_demo's bookkeeping with a stand-in for training: folders, seeds, flags, tables."""
+    monkeypatch.chdir(tmp_path)
+    Path(demo.demo_pretrained("bars")).parent.mkdir(parents=True)
+    Path(demo.demo_pretrained("bars")).write_bytes(b"")
+    runs = []
+
+    def fake_train(args):
+        runs.append((args.out, args.seed, args.pretrained, args.arch))
+        accuracy = {"meter": 0.5 if args.pretrained else 0.4, "vilt": 0.3}[args.arch] + args.seed / 100
+        os.makedirs(args.out, exist_ok=True)
+        Path(args.out, "results.json").write_text(json.dumps(results_with(accuracy)), encoding="utf-8")
+
+    argv = ["--demo", "--world", "bars", "--seeds", "2", "--seed", "3"]
+    args = finetune.parse_args(argv)
+    monkeypatch.setattr(demo, "question_only_results", lambda args: None)
+    demo.run_finetune_demo(args, argv, finetune.parse_args, fake_train)
+    base = os.path.join("out", "finetune_demo_bars")
+    pretrained = demo.demo_pretrained("bars")
+    assert runs == [(os.path.join(base, "pretrained"), 3, pretrained, "meter"), (os.path.join(base, "scratch"), 3, None, "meter"),
+                    (os.path.join(base, "vilt"), 3, None, "vilt"),
+                    (os.path.join(base, "pretrained_seed4"), 4, pretrained, "meter"),
+                    (os.path.join(base, "scratch_seed4"), 4, None, "meter"), (os.path.join(base, "vilt_seed4"), 4, None, "vilt")]
+    printed = capsys.readouterr().out
+    assert "mean ± sd over 2 seeds" in printed
+    assert "53.50 ± 0.71" in printed and "43.50 ± 0.71" in printed and "33.50 ± 0.71" in printed
+    assert "10.00 ± 0.00" in printed  # the gain, seed by seed
+
+
+def test_demo_tables_of_one_seed_with_the_words_alone(capsys):
+    question_only = {"overall": {"accuracy": 0.25}, "by_type": {answer_type: {"accuracy": 0.25}
+                                                               for answer_type in formats.ANSWER_TYPES}}
+    demo.print_demo_tables({"with pretraining": [results_with(0.6)], "without pretraining": [results_with(0.5)],
+                            "ViLT without pretraining": [results_with(0.4)]}, question_only)
+    printed = capsys.readouterr().out
+    assert "one seed" in printed and "±" not in printed
+    for number in ("60.00", "50.00", "40.00", "10.00", "25.00"):
+        assert number in printed
+    assert "숫자" in printed and "question only" in printed
+
+
+def test_question_only_answers_from_the_words(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+
+    def label_file(name, rows):
+        records = [{"image_id": index, "question_id": index, "question": question, "answer": answer,
+                    "answer_type": answer_type} for index, (question, answer, answer_type) in enumerate(rows)]
+        path = tmp_path / name
+        path.write_text(json.dumps({"images": [{"image_id": record["image_id"], "image": "a.jpg", "category": "c"}
+                                               for record in records], "question": records}, ensure_ascii=False))
+        return str(path)
+
+    train = label_file("train.json", [("점은 몇 개인가요?", "1개", "숫자"), ("점은 몇 개인가요?", "1개", "숫자"),
+                                      ("점은 몇 개인가요?", "2개", "숫자"), ("보라색 막대가 있나요?", "예", "예/아니오")])
+    dev = label_file("dev.json", [("점은 몇 개인가요?", "1개", "숫자"), ("점은 몇 개인가요?", "0개", "숫자"),
+                                  ("새 질문인가요?", "1개", "그 외")])
+    args = finetune.parse_args(["--train", train, "--dev", dev, "--images", str(images), "--tokenizer", "unused"])
+    results = demo.question_only_results(args)
+    assert results["overall"] == {"accuracy": 2 / 3, "n": 3}
+    assert results["by_type"]["숫자"] == {"accuracy": 0.5, "n": 2} and results["by_type"]["그 외"]["accuracy"] == 1.0
+    assert results["by_type"]["예/아니오"]["n"] == 0
