@@ -79,11 +79,11 @@ def test_finetune_resumes_exactly_with_its_history(demo_set, tmp_path, monkeypat
     calls = {"count": 0}
     original = finetune.vqa_losses
 
-    def crash_in_step_three(model, *rest):
+    def crash_in_step_three(model, *rest, **keywords):
         calls["count"] += model.training
         if calls["count"] == 5:  # first micro-batch of step 3
             raise RuntimeError("simulated crash")
-        return original(model, *rest)
+        return original(model, *rest, **keywords)
 
     monkeypatch.setattr(finetune, "vqa_losses", crash_in_step_three)
     with pytest.raises(RuntimeError, match="simulated crash"):
