@@ -6,7 +6,8 @@ an assertion. The set follows the layout of the real download once unpacked (REA
 question/annotation/images triplet per <category>/<level> folder, ids starting afresh in every folder, images
 in one folder per category, found by file name; a few answer types in a spelling the reader does not know.
 Memory is the summed PSS of finetune.py's whole process tree (main process and DataLoader workers; a shared
-page counts once) from /proc/PID/smaps_rollup, sampled every 0.5 s, at step 1 and after --steps steps.
+page counts once) from /proc/PID/smaps_rollup, sampled every 0.5 s, at step 1 and after --steps steps; CPU is
+the tree's user + system time (ended children included), which tells the work apart from the machine's load.
 
     python tests/scale.py --questions 1000000 --images 20000 --steps 300 --batch 8   # README's table
     python tests/scale.py --questions 20000 --images 2000 --steps 20      # a few minutes on 2 cores
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -119,14 +121,39 @@ def tree_pss(pid):
     return total
 
 
+def tree_cpu(pid):
+    """CPU seconds (user + system) used so far by a process and its descendants, ended children included."""
+    ticks, pending = 0, [pid]
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as file:
+                    children.setdefault(int(file.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    while pending:
+        process = pending.pop()
+        pending += children.get(process, [])
+        try:
+            with open(f"/proc/{process}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_measured(command, env, marks, stop_at=None):
-    """Run a command, sampling its tree's PSS; returns {mark: (seconds, PSS then, peak PSS so far)} for the
-    first stdout line starting with each of `marks`, and "end". The run is ended once `stop_at` is seen."""
+    """Run a command, sampling its tree's PSS; returns {mark: (seconds, PSS then, peak PSS so far, CPU seconds
+    so far)} for the first stdout line starting with each of `marks`, and "end". The run is ended once `stop_at`
+    is seen."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                cwd=REPO, bufsize=1)
     os.set_blocking(process.stdout.fileno(), False)
     seen, peak, output = {}, 0, []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         while True:
             line = process.stdout.readline()
@@ -136,7 +163,7 @@ def run_measured(command, env, marks, stop_at=None):
                     if line.startswith(mark) and mark not in seen:
                         pss = tree_pss(process.pid)
                         peak = max(peak, pss)
-                        seen[mark] = (time.perf_counter() - start, pss, peak)
+                        seen[mark] = (time.perf_counter() - start, pss, peak, tree_cpu(process.pid))
                 if stop_at in seen:
                     break
                 continue
@@ -148,7 +175,9 @@ def run_measured(command, env, marks, stop_at=None):
         if process.poll() is None:  # stopped on purpose, or this script was interrupted: end the run too
             process.kill()
             process.wait()
-    seen["end"] = (time.perf_counter() - start, 0, peak)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    seen["end"] = (time.perf_counter() - start, 0, peak, cpu)
     if process.returncode and stop_at not in seen:
         sys.exit("".join(output[-30:]) + f"\n{command[1]} failed (exit {process.returncode})")
     return seen, "".join(output)
@@ -215,12 +244,14 @@ def main(argv=None):
         marks = ["step 1/", f"step {args.steps}/"] if command is finetune else ["bad:"]
         seen, output = run_measured(command, env, marks, stop_at=None if clear else "step 1/")
         if command is check:
-            rows.append(f"{label:24s} {seen['end'][0]:6.1f} s to the end, peak {gib(seen['end'][2])}")
+            rows.append(f"{label:24s} {seen['end'][0]:6.1f} s to the end (CPU {seen['end'][3]:.1f} s), "
+                        f"peak {gib(seen['end'][2])}")
             if clear:
                 print(output)
         else:
             first = seen["step 1/"]
-            rows.append(f"{label:24s} {first[0]:6.1f} s to step 1, PSS {gib(first[1])} (peak {gib(first[2])})")
+            rows.append(f"{label:24s} {first[0]:6.1f} s to step 1 (CPU {first[3]:.1f} s), PSS {gib(first[1])} "
+                        f"(peak {gib(first[2])})")
             if clear:
                 last = seen[f"step {args.steps}/"]
                 rows[-1] += f"; step {args.steps}: PSS {gib(last[1])} (peak over the run {gib(seen['end'][2])})"
