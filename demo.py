@@ -358,15 +358,19 @@ def train_tokenizer(texts, path, vocab_size):
 # --demo in the training scripts
 
 
+def world_suffix(world):
+    """What a world adds to the demo's folder names: nothing for the shapes (demo_data/, out/pretrain_demo/),
+    _<world> for another, so that worlds do not overwrite each other."""
+    return "" if world == "shapes" else f"_{world}"
+
+
 def follow_world(args, demo_out):
-    """--world names the demo's folders: demo_data/ and the demo's default --out (demo_out) for the shapes
-    world, the same names with _<world> after them for another, so that worlds do not overwrite each other.
-    Runs before the defaults are filled in, while an --out left unset is still None."""
-    suffix = "" if args.world == "shapes" else f"_{args.world}"
+    """--world names the demo's folders: --demo-dir and the demo's default --out (demo_out) get the world's
+    suffix. Runs before the defaults are filled in, while an --out left unset is still None."""
     if args.demo_dir is None:
-        args.demo_dir = f"demo_data{suffix}"
+        args.demo_dir = "demo_data" + world_suffix(args.world)
     if args.demo and args.out is None:
-        args.out = demo_out + suffix
+        args.out = demo_out + world_suffix(args.world)
 
 
 def use_demo_data(args, rank, world_size):
@@ -385,8 +389,7 @@ def use_demo_data(args, rank, world_size):
 
 def demo_pretrained(world):
     """Where `python pretrain.py --demo --world WORLD` leaves its model."""
-    suffix = "" if world == "shapes" else f"_{world}"
-    return os.path.join("out", f"pretrain_demo{suffix}", "model.safetensors")
+    return os.path.join("out", "pretrain_demo" + world_suffix(world), "model.safetensors")
 
 
 def run_finetune_demo(args, argv, parse_args, train):
@@ -461,7 +464,7 @@ def mean_and_spread(values):
     return mean, (sum((value - mean) ** 2 for value in values) / (len(values) - 1)) ** 0.5
 
 
-def cell(values):
+def percent_text(values):
     """"45.40 ± 2.10" in percent (± one standard deviation over seeds), or "45.40" for one seed."""
     mean, spread = mean_and_spread([100 * value for value in values])
     return f"{mean:.2f} ± {spread:.2f}" if len(values) > 1 else f"{mean:.2f}"
@@ -483,8 +486,9 @@ def print_demo_tables(results, question_only=None):
     print(f"\ndev accuracy % after fine-tuning steps, {over} (the paper's first table)")
     print(f"{'':<24}" + "".join(f"{step:>16}" for step in steps))
     for label in labels:
-        print(f"{label:<24}" + "".join(f"{cell([run['history'][index]['accuracy'] for run in results[label]]):>16}"
-                                       for index in range(len(steps))))
+        print(f"{label:<24}" + "".join(
+            f"{percent_text([run['history'][index]['accuracy'] for run in results[label]]):>16}"
+            for index in range(len(steps))))
     columns = ["overall", *ANSWER_TYPES]
     print(f"\naccuracy by answer type %, {over} (the paper's second table)")
     print(f"{'':<24}" + "".join(right_aligned(column, 16) for column in columns))
@@ -496,11 +500,11 @@ def print_demo_tables(results, question_only=None):
     if question_only:
         rows.append(("question only", [[accuracy_of(question_only, column)] for column in columns]))
     for label, values in rows:
-        print(f"{label:<24}" + "".join(f"{cell(column_values):>16}" for column_values in values))
+        print(f"{label:<24}" + "".join(f"{percent_text(column_values):>16}" for column_values in values))
     if "ViLT without pretraining" in results:
         print(f"\nKo-METER vs ViLT, dev accuracy %, both without pretraining, {over} (the paper's last comparison)")
         for label, name in (("without pretraining", "Ko-METER"), ("ViLT without pretraining", "ViLT")):
-            print(f"{name:<24}{cell([run['overall']['accuracy'] for run in results[label]]):>16}")
+            print(f"{name:<24}{percent_text([run['overall']['accuracy'] for run in results[label]]):>16}")
 
 
 def main(argv=None):
@@ -511,7 +515,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    out = args.out or ("demo_data" if args.world == "shapes" else f"demo_data_{args.world}")
+    out = args.out or "demo_data" + world_suffix(args.world)
     for name, path in make_demo(out, args.seed, world=args.world).items():
         print(f"{name}: {path}")
     print(f"seconds: {time.perf_counter() - start:.1f}")

@@ -466,8 +466,8 @@ class ImageIndex:
 
     def check(self, positions, workers=None):
         """Problem codes of the files at `positions`. A file checked before keeps its result while its size and
-        modification time are unchanged; the others are checked now, in threads (Pillow decodes without the
-        GIL), and the results cached."""
+        modification time are unchanged; the others are checked now, in up to one process per core (Pillow holds
+        the GIL for much of the work on small images, so threads would not use the cores), and cached."""
         stale = []
         for position in positions.tolist():
             try:
@@ -480,9 +480,9 @@ class ImageIndex:
         if stale:
             self.sizes, self.mtimes, self.problems = self.sizes.copy(), self.mtimes.copy(), self.problems.copy()
             paths = [os.path.join(self.root, self.paths[position]) for position, _ in stale]
-            with concurrent.futures.ThreadPoolExecutor(workers or min(16, os.cpu_count() or 1)) as pool:
-                problems = list(tqdm(pool.map(image_problem, paths), total=len(paths), desc="checking images",
-                                     unit=" images", disable=None, leave=False))
+            with concurrent.futures.ProcessPoolExecutor(workers or min(16, os.cpu_count() or 1)) as pool:
+                problems = list(tqdm(pool.map(image_problem, paths, chunksize=64), total=len(paths),
+                                     desc="checking images", unit=" images", disable=None, leave=False))
             for (position, (size, mtime)), problem in zip(stale, problems):
                 self.problems[position] = IMAGE_PROBLEMS.index(problem or "")
                 self.sizes[position], self.mtimes[position] = size, mtime
@@ -1118,7 +1118,7 @@ def main(argv=None):
     check.add_argument("--max-bad-share", type=float, default=0.05,
                        help="fail when more than this share of entries is unusable (default 0.05)")
     check.add_argument("--workers", type=int, default=None,
-                       help="threads checking images (default: one per CPU core, at most 16)")
+                       help="processes checking images (default: one per CPU core, at most 16)")
     args = parser.parse_args(argv)
     try:
         run_check(args)

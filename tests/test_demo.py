@@ -108,7 +108,8 @@ def test_bars_world_end_to_end(bars_set, tmp_path, capsys):
     for folder in (out, tmp_path / "finetune_seed1"):
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         assert results["overall"]["n"] == 40 and [row["step"] for row in results["history"]] == [2, 4]
-    assert json.loads((tmp_path / "finetune_seed1" / "training_state.json").read_text(encoding="utf-8"))["args"]["seed"] == 1
+    state = json.loads((tmp_path / "finetune_seed1" / "training_state.json").read_text(encoding="utf-8"))
+    assert state["args"]["seed"] == 1
     printed = capsys.readouterr().out
     assert "mean ± sd over 2 seeds" in printed and "question only" in printed and "fine-tuned" in printed
 
@@ -126,7 +127,8 @@ def test_world_chooses_the_folders():
 
 
 def results_with(accuracy):
-    by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1} for answer_type in formats.ANSWER_TYPES}
+    by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1}
+               for answer_type in formats.ANSWER_TYPES}
     history = [{"step": step, "accuracy": accuracy, "vqa_score": accuracy} for step in (10, 20, 30)]
     return {"steps": 30, "overall": {"accuracy": accuracy, "vqa_score": accuracy, "n": 4}, "by_type": by_type,
             "history": history}
@@ -151,10 +153,12 @@ def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
     demo.run_finetune_demo(args, argv, finetune.parse_args, fake_train)
     base = os.path.join("out", "finetune_demo_bars")
     pretrained = demo.demo_pretrained("bars")
-    assert runs == [(os.path.join(base, "pretrained"), 3, pretrained, "meter"), (os.path.join(base, "scratch"), 3, None, "meter"),
+    assert runs == [(os.path.join(base, "pretrained"), 3, pretrained, "meter"),
+                    (os.path.join(base, "scratch"), 3, None, "meter"),
                     (os.path.join(base, "vilt"), 3, None, "vilt"),
                     (os.path.join(base, "pretrained_seed4"), 4, pretrained, "meter"),
-                    (os.path.join(base, "scratch_seed4"), 4, None, "meter"), (os.path.join(base, "vilt_seed4"), 4, None, "vilt")]
+                    (os.path.join(base, "scratch_seed4"), 4, None, "meter"),
+                    (os.path.join(base, "vilt_seed4"), 4, None, "vilt")]
     printed = capsys.readouterr().out
     assert "mean ± sd over 2 seeds" in printed
     assert "53.50 ± 0.71" in printed and "43.50 ± 0.71" in printed and "33.50 ± 0.71" in printed

@@ -414,28 +414,27 @@ def test_parsed_labels_are_cached_and_a_changed_file_invalidates_its_part(visual
     assert again[:-2] == first[:-1] and [entry["answers"] for entry in again[-2:]] == [["아니요"], ["1개"]]
 
 
-def test_image_checks_and_the_walk_are_cached(tmp_path, monkeypatch):
+def test_image_checks_and_the_walk_are_cached(tmp_path):
+    folder = tmp_path / "images" / "photos"
     for name in ("a.jpg", "b.jpg"):
-        save_jpeg(tmp_path / "images" / "photos" / name)
+        save_jpeg(folder / name)
     lines = [{"image": name, "question": "무엇?", "answers": ["컵"]} for name in ("a.jpg", "b.jpg", "c.jpg")]
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
-    checked = []
-    image_problem = formats.image_problem
-    monkeypatch.setattr(formats, "image_problem", lambda path: checked.append(os.path.basename(path)) or image_problem(path))
 
     def bad_reasons():
         _, bad = formats.find_bad_entries(formats.read_vqa(tmp_path / "q.jsonl", tmp_path / "images"))
-        return [(reason, len(rows)) for reason, rows in bad]
+        return [(reason, [Path(entry["image"]).name for entry in rows]) for reason, rows in bad]
 
-    assert bad_reasons() == [("missing image", 1)] and sorted(checked) == ["a.jpg", "b.jpg"]
-    checked.clear()
-    assert bad_reasons() == [("missing image", 1)] and checked == []
-    save_jpeg(tmp_path / "images" / "photos" / "b.jpg", size=(50, 30))  # changed in place: size and mtime differ
-    folder = tmp_path / "images" / "photos"
+    assert bad_reasons() == [("missing image", ["c.jpg"])]
+    stamp = os.stat(folder / "a.jpg")
+    (folder / "a.jpg").write_bytes(b"x" * stamp.st_size)  # broken, but the same size and time: not checked again
+    os.utime(folder / "a.jpg", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert bad_reasons() == [("missing image", ["c.jpg"])]
+    os.utime(folder / "a.jpg", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # its time changed: checked
     save_jpeg(folder / "c.jpg")
-    stamp = os.stat(folder).st_mtime_ns + 10**9  # a folder's time has coarse steps; make the change visible
-    os.utime(folder, ns=(stamp, stamp))
-    assert bad_reasons() == [] and sorted(checked) == ["b.jpg", "c.jpg"]
+    folder_time = os.stat(folder).st_mtime_ns + 10**9  # a folder's time has coarse steps; make the change visible
+    os.utime(folder, ns=(folder_time, folder_time))
+    assert bad_reasons() == [("unreadable image", ["a.jpg"])]
 
 
 def test_large_label_sets_are_parsed_in_worker_processes(visual, monkeypatch):
