@@ -33,7 +33,8 @@ from PIL import Image
 
 import data
 from finetune import FINETUNE_LR_MULTIPLIERS, vqa_losses
-from model import CONFIGS, build_model, build_optimizer, compile_layers, recompute_layers
+from model import CONFIGS, build_model, build_optimizer
+from training import compile_layers, recompute_layers
 from pretrain import (PRETRAIN_LR_MULTIPLIERS, add_pretrain_targets, objective_means, pretrain_losses,
                       pretrain_losses_two_pass)
 

@@ -11,14 +11,10 @@ Reading the AIHub files into entries is formats.py's job; the synthetic demo set
     # after python demo.py (1 s on CPU)
 
 Choices where the papers are silent:
-- Tokenizer: [CLS] and [SEP] are added here, not by the file's post-processor, and the file's own
-  padding and truncation are switched off, so tokenizer.json and vocab.txt behave the same. A
-  tokenizer.json whose normaliser strips accents (which takes Hangul apart into jamo) gets KLUE's cased,
-  non-stripping BERT normaliser instead, with a note on stderr.
+- Tokenizer: [CLS] and [SEP] are added here, not by the file's post-processor, so tokenizer.json and vocab.txt
+  behave the same.
 - Masking never picks a special token ([UNK] included). A batch that would get no masked token at all gets
   one random word masked, so the MLM loss stays defined.
-- Images: transparent pixels are composited on white; 16-bit grey is scaled by 1/257; float images are
-  clipped to 0..255; EXIF orientation is applied; an image over Image.MAX_IMAGE_PIXELS is refused.
 - RandAugment runs on the decoded picture before resize and crop (as METER's does), magnitude M on the
   usual 0..30 scale (level = M / 30): Rotate 30 deg x level, Shear 0.3 x level, Translate 0.45 x level of
   the side, Posterize 8 - round(4 x level) bits, Solarize at 256 - 256 x level, SolarizeAdd +110 x level
@@ -26,47 +22,28 @@ Choices where the papers are silent:
   a random sign; uncovered area is grey (128, 128, 128).
 """
 
-import os
 import random
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from formats import open_rgb  # any image file -> an RGB picture (CMYK, 16-bit, alpha, EXIF rotation, bombs)
-
-# Batches of short captions gain nothing from the library's thread pool, and a pool started before
-# DataLoader workers fork makes every worker print a warning.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers
+from formats import SPECIAL_TOKENS, open_rgb, read_tokenizer  # image files of every kind; tokenizer files
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SPECIAL_TOKENS = ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")  # ids 0..4 in KLUE's vocabulary
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. Tokenizer: KLUE's WordPiece ("##" marks a piece that continues a word)
 
 
-def bert_normalizer():
-    """KLUE's normaliser: cased, and no accent stripping (stripping splits Hangul into jamo)."""
-    return normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
-    )
-
-
-def has_jamo(text):
-    """True when text holds conjoining or compatibility jamo (a Hangul syllable taken apart)."""
-    return any("\u1100" <= char <= "\u11ff" or "\u3130" <= char <= "\u318f" for char in text)
-
-
 class Tokenizer:
-    """A WordPiece tokenizer with KLUE's special tokens, on top of the `tokenizers` library."""
+    """A WordPiece tokenizer with KLUE's special tokens, on top of the `tokenizers` library. Reading
+    tokenizer.json or vocab.txt is formats.read_tokenizer's job; this class adds [CLS] and [SEP], pads, and
+    knows which ids are special and which pieces continue a word (what MLM masking needs)."""
 
     def __init__(self, backend, source):
         special_ids = []
@@ -76,14 +53,6 @@ class Tokenizer:
                 raise ValueError(f"{source}: the vocabulary lacks the special token {token}")
             special_ids.append(token_id)
         self.cls_id, self.pad_id, self.sep_id, self.unk_id, self.mask_id = special_ids
-        if backend.normalizer is not None and has_jamo(backend.normalizer.normalize_str("한국어")):
-            print(f"note: {source}: its normaliser splits Hangul into jamo; using KLUE's "
-                  "(cased, no accent stripping) instead", file=sys.stderr)
-            backend.normalizer = bert_normalizer()
-        backend.no_padding()
-        backend.no_truncation()
-        if backend.decoder is None:
-            backend.decoder = decoders.WordPiece(prefix="##")
         self.backend = backend
         self.source = str(source)
         vocab = backend.get_vocab(with_added_tokens=True)
@@ -98,41 +67,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path):
-        """Load tokenizer.json or vocab.txt (or a folder holding either; tokenizer.json wins)."""
-        path = Path(path)
-        if path.is_dir():
-            candidates = [path / "tokenizer.json", path / "vocab.txt"]
-            found = [candidate for candidate in candidates if candidate.is_file()]
-            if not found:
-                raise FileNotFoundError(f"{path}: holds neither tokenizer.json nor vocab.txt")
-            path = found[0]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: tokenizer file not found")
-        if path.suffix == ".json":
-            try:
-                backend = BackendTokenizer.from_file(str(path))
-            except Exception as error:  # the library raises a plain Exception for a bad file
-                raise ValueError(f"{path}: not a tokenizers JSON file ({error})") from None
-            return cls(backend, path)
-        return cls(cls.backend_from_vocab(path), path)
-
-    @staticmethod
-    def backend_from_vocab(path):
-        """A BERT WordPiece tokenizer from a vocab.txt (one piece per line, line number = id)."""
-        vocab = {}
-        with open(path, encoding="utf-8") as file:
-            for index, line in enumerate(file):
-                vocab[line.rstrip("\r\n")] = index
-        if "[UNK]" not in vocab:
-            raise ValueError(f"{path}: the vocabulary lacks the special token [UNK]")
-        backend = BackendTokenizer(models.WordPiece(
-            vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100
-        ))
-        backend.normalizer = bert_normalizer()
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        backend.decoder = decoders.WordPiece(prefix="##")
-        backend.add_special_tokens([token for token in SPECIAL_TOKENS if token in vocab])  # ids unchanged
-        return backend
+        """tokenizer.json or vocab.txt, or a folder holding either (tokenizer.json wins)."""
+        return cls(*read_tokenizer(path))
 
     def encode(self, texts, max_len):
         """[CLS] pieces [SEP], truncated to max_len, padded to the batch's longest with [PAD]."""
@@ -195,11 +131,8 @@ def to_pixels(image):
 
 
 def load_image(path, size, augment=None, rng=None):
-    """Image file -> CLIP-normalised FloatTensor [3, size, size].
-
-    augment: a RandAugment applied to the decoded picture with rng (a random.Random; a fresh
-    unseeded one when None).
-    """
+    """Image file -> CLIP-normalised FloatTensor [3, size, size]; `augment` (a RandAugment) runs on the decoded
+    picture with rng (a random.Random; a fresh unseeded one when None)."""
     image = open_rgb(path, min_side=size)
     if augment is not None:
         image = augment(image, rng if rng is not None else random.Random())
@@ -366,21 +299,26 @@ def answer_scores(answers):
     return {answer: min(1.0, 3 * count / 10) for answer, count in counts.items()}
 
 
+# The entries are formats.Entries: rows in columns rather than one dict per question (a million questions take
+# megabytes), with whole-column operations: answer_counts(), any_answer(collection) and column(name) below;
+# select(mask) keeps the rows of a boolean mask.
+
+
 def build_answer_vocab(entries, num_answers):
-    """The num_answers most frequent annotator answers (ties: alphabetical, so order-free)."""
+    """The num_answers answers annotators gave most often (ties: alphabetical, so the file's order is irrelevant)."""
     ranked = sorted(entries.answer_counts().items(), key=lambda item: (-item[1], item[0]))
     return [answer for answer, _ in ranked[:num_answers]]
 
 
 def drop_unanswerable(entries, answer_vocab):
     """Training keeps only questions with at least one answer in the vocabulary (METER's VQA recipe)."""
-    return entries.select(entries.any_answer(set(answer_vocab).__contains__))
+    return entries.select(entries.any_answer(answer_vocab))
 
 
 def split_dev(entries, dev_size, seed):
     """(train, dev) by image file: images in a seeded random order (of their paths) go to dev until it holds at
     least dev_size questions; no image is in both; the same for the same entries and seed."""
-    images = entries.column("image")  # [N] one code per image file, in the order of the files' paths
+    images = entries.column("image")  # [N] the image file of each question as a number: same file, same number
     image_codes, questions_per_image = np.unique(images, return_counts=True)
     if dev_size >= len(entries) or len(image_codes) < 2:
         raise ValueError(f"dev split: {dev_size} dev questions asked of {len(entries)} questions "

@@ -45,8 +45,8 @@ from tokenizers import decoders, models, pre_tokenizers, processors
 import bars_world
 import formats
 from checkpoints import write_json
-from data import SPECIAL_TOKENS, Tokenizer, bert_normalizer
-from formats import ANSWER_TYPES
+from data import Tokenizer
+from formats import ANSWER_TYPES, SPECIAL_TOKENS, bert_normalizer
 
 DEMO_COLOURS = {"빨간색": ("red", (214, 39, 40)), "파란색": ("blue", (31, 89, 214)),
                 "초록색": ("green", (40, 160, 60)), "노란색": ("yellow", (240, 200, 20))}
@@ -362,6 +362,25 @@ def world_suffix(world):
     """What a world adds to the demo's folder names: nothing for the shapes (demo_data/, out/pretrain_demo/),
     _<world> for another, so that worlds do not overwrite each other."""
     return "" if world == "shapes" else f"_{world}"
+
+
+def add_demo_flags(parser, demo_help, seeds=False):
+    """--demo, --demo-dir and --world (and --seeds for finetune.py): the flags of the synthetic demo."""
+    parser.add_argument("--demo", action="store_true", help=demo_help)
+    parser.add_argument("--demo-dir", help="where the demo set lives (default: demo_data, or demo_data_<world>)")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="shapes", help="with --demo: the synthetic "
+                        "world, shapes (demo.py) or bars (bars_world.py); each has its own data and output folders "
+                        "(default: shapes)")
+    if seeds:
+        parser.add_argument("--seeds", type=at_least_one, default=1, help="run each fine-tuning this many times, "
+                            "with seeds --seed, --seed + 1, ..., and print the mean ± standard deviation; the runs "
+                            "after the first go to OUT_seed<s> (default: 1)")
+
+
+def at_least_one(text):
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return int(text)
 
 
 def follow_world(args, demo_out):

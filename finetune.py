@@ -1,37 +1,30 @@
 """VQA fine-tuning: a classifier over the most frequent answers, on the fused [CLS] features.
 
-Last stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.py). METER §4 fine-tunes VQA
-as classification over the training answers with soft-score targets and binary cross-entropy; Ko-METER
-does it on AIHub's Korean VQA (3,811 answers) and reports accuracy overall and per answer type. This file
-holds the loss, the evaluation, the model set-up and the training loop; the machinery it calls is in
-training.py and checkpoints.py, as for pretrain.py.
+Last stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.py). METER §4 fine-tunes VQA as
+classification over the training answers with soft-score targets and binary cross-entropy; Ko-METER does it on
+AIHub's Korean VQA (3,811 answers) and reports accuracy overall and per answer type. This file holds the loss,
+the evaluation, the model set-up and the training loop; the machinery it calls is in training.py and
+checkpoints.py, as for pretrain.py.
 
     python finetune.py --demo   # the paper's comparisons on the demo set, about 8 min on 2 CPU cores
-                                # (5 of them pretraining, when out/pretrain_demo/ has no checkpoint yet)
 
-The demo fine-tunes the tiny config three times at equal steps on the same data and seed: from the demo
-pretraining, without it, and the ViLT single-stream baseline without it; then prints the paper's tables
-(demo.py). `--seeds N` repeats every run with N seeds and prints mean ± standard deviation; `--world bars`
-uses the second synthetic world (bars_world.py) instead of the shapes. The paper's run:
+--demo fine-tunes the tiny config three times at equal steps (from out/pretrain_demo/, made first when missing;
+without it; the ViLT baseline without it) and prints the paper's tables (demo.run_finetune_demo); --seeds N
+repeats each run with N seeds, --world bars uses the second synthetic world. The paper's run:
 
     python finetune.py --train vqa/train --dev-size 3000 --images vqa/images --tokenizer klue/tokenizer.json \
         --pretrained pretrain_out/ --image-size 384 --batch 512 --steps 10250
 
-Without --pretrained, --clip/--text give the paper's "without pretraining" run; with neither, every weight
-starts random (warned). With --pretrained, load_weights.load_meter builds the model the checkpoint holds
-(Ko-METER or ViLT, sizes read from its metadata) and --image-size resizes its position embeddings.
-Plain `--demo` is three runs of `train` and a table, driven by demo.run_finetune_demo.
-
-Outputs in --out: the checkpoint and resume state (checkpoints.py), answers.json (the answer vocabulary,
-index = class), best/ (the best dev accuracy so far), results.json, dev_predictions.jsonl, metrics.jsonl,
-curves.png, and at the end dev_report.html (report.py: every dev question with its answers and where the
-model looked, mistakes first).
+Without --pretrained, --clip/--text give the paper's "without pretraining" run (with neither, every weight starts
+random). --pretrained builds the model its checkpoint holds (load_weights.load_meter) and --image-size resizes
+its position embeddings. --out receives the checkpoint, answers.json (index = class), best/, results.json,
+dev_predictions.jsonl, metrics.jsonl, curves.png and dev_report.html (report.py: every dev question with its
+answers and where the model looked).
 
 Choices where the papers are silent:
 - Exact-match accuracy compares the predicted answer with the most frequent annotator answer (the first
   given on a tie); a dev question whose answers are all outside the vocabulary counts, and scores 0.
-- The MLM and ITM heads of a pretrained checkpoint are kept in the saved model but frozen: VQA does not
-  use them.
+- The MLM and ITM heads of a pretrained checkpoint are kept in the saved model but frozen.
 - The demo's answers are colours, counts and positions, so its RandAugment keeps only the operations that
   leave them true (--augment safe); real photographs get METER's full set.
 """
@@ -53,7 +46,7 @@ import formats
 import report
 import training
 from load_weights import load_meter
-from model import build_optimizer, compile_layers, recompute_layers
+from model import build_optimizer
 
 # The recipe: METER's VQA multipliers (the new head learns 50x faster than the encoders) and defaults.
 FINETUNE_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 5.0, "heads": 50.0}
@@ -77,15 +70,8 @@ CURVE_PANELS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Ko-METER VQA fine-tuning.")
-    parser.add_argument("--demo", action="store_true", help="fine-tune the tiny config on the demo set: with and "
-                        "without pretraining and ViLT, at equal steps, and print the paper's tables")
-    parser.add_argument("--demo-dir", help="where the demo set lives (default: demo_data, or demo_data_<world>)")
-    parser.add_argument("--world", choices=sorted(demo.WORLDS), default="shapes", help="with --demo: the synthetic "
-                        "world, shapes (demo.py) or bars (bars_world.py); each has its own data and output folders "
-                        "(default: shapes)")
-    parser.add_argument("--seeds", type=int, default=1, help="run each fine-tuning this many times, with seeds "
-                        "--seed, --seed + 1, ..., and print the mean ± standard deviation; the runs after the first "
-                        "go to OUT_seed<s> (default: 1)")
+    demo.add_demo_flags(parser, "fine-tune the tiny config on the demo set: with and without pretraining and "
+                        "ViLT, at equal steps, and print the paper's tables", seeds=True)
     parser.add_argument("--train", help="training questions: an AIHub VQA label file or folder, or JSONL")
     parser.add_argument("--dev", help="dev questions (default: carve --dev-size questions out of --train by image)")
     parser.add_argument("--dev-size", type=int, default=3000, help="dev questions carved from --train when --dev "
@@ -100,16 +86,9 @@ def parse_args(argv=None):
                         help="RandAugment operations on training images: all (METER's), safe (keeps colours, "
                         "counts and positions) or none (default: all; with --demo: safe)")
     training.add_training_flags(parser, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS)
-    args = parser.parse_args(argv)
-    demo.follow_world(args, FINETUNE_DEMO_DEFAULTS["out"])
-    args = training.fill_defaults(args, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
+    args = training.parse_flags(parser, argv, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS,
+                                required=("train", "images", "tokenizer"))
     args.eval_every = args.eval_every or math.ceil(args.steps / 3)  # the paper's table: thirds of the run
-    if not args.demo:
-        for flag in ("train", "images", "tokenizer"):
-            if getattr(args, flag) is None:
-                parser.error(f"--{flag} is required (or use --demo)")
     return args
 
 
@@ -129,6 +108,11 @@ def vqa_losses(model, batch, normaliser=None):
     predicted_scores = targets.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)  # [B]: score of the argmax
     return {"loss": loss_sum / (count if normaliser is None else normaliser), "loss_sum": loss_sum.detach(),
             "vqa_score_sum": predicted_scores.sum(), "count": torch.tensor(count, device=logits.device)}
+
+
+def vqa_means(sums):
+    """The training line's loss and VQA score from the named sums of any number of batches."""
+    return {"loss": sums["loss_sum"] / sums["count"], "vqa_score": sums["vqa_score_sum"] / sums["count"]}
 
 
 def reference_answer(answers):
@@ -166,6 +150,12 @@ def evaluate_vqa(model, loader, entries, answer_vocab, args, device):
                "by_type": {answer_type: summary([row for row in predictions if row["answer_type"] == answer_type])
                            for answer_type in formats.ANSWER_TYPES}}
     return results, predictions
+
+
+def dev_means(results):
+    """The dev line: accuracy and VQA score overall, and the accuracy of each answer type."""
+    return {"accuracy": results["overall"]["accuracy"], "vqa_score": results["overall"]["vqa_score"],
+            **{f"{answer_type} accuracy": result["accuracy"] for answer_type, result in results["by_type"].items()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,11 +213,8 @@ def train(args):
         checkpoints.check_resume_args(args, state["args"])
         start_step, history, best_accuracy = state["step"], state["history"], state["best_accuracy"]
         training.say(rank, f"resuming {args.out} at step {start_step}")
-    if args.recompute:
-        recompute_layers(model)
-    if args.compile:
-        compile_layers(model)
-    objective = training.wrap_objective(model, vqa_losses, world_size, device)  # DDP under torchrun
+    # the losses around the model, as the loop calls them (with --recompute, --compile, and DDP under torchrun)
+    objective = training.wrap_objective(model, vqa_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     collate = functools.partial(data.collate_vqa, tokenizer=tokenizer, max_len=args.max_len)
@@ -276,12 +263,15 @@ def train(args):
 
             # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only)
             if rank == 0 and log_now:
-                log_training(metrics, completed, args, lr, logged_sums, grad_norm, throughput)
+                training.log_step(metrics, completed, args, lr, vqa_means(logged_sums), grad_norm, throughput)
                 logged_sums = {}
             if rank == 0 and (completed % args.eval_every == 0 or is_last):
                 results, predictions = evaluate_vqa(model, dev_loader, dev_entries, answer_vocab, args, device)
                 history.append({"step": completed, **{key: results["overall"][key] for key in ("accuracy", "vqa_score")}})
-                log_dev(metrics, completed, results, history, predictions, args)
+                training.log_evaluation(metrics, completed, "dev", dev_means(results))
+                checkpoints.write_json(os.path.join(args.out, "results.json"), {"steps": args.steps, **results,
+                                                                               "history": history})
+                checkpoints.write_jsonl(os.path.join(args.out, "dev_predictions.jsonl"), predictions)
                 if results["overall"]["accuracy"] > best_accuracy:
                     best_accuracy = results["overall"]["accuracy"]
                     checkpoints.write_folder(os.path.join(args.out, "best"), model, {
@@ -302,26 +292,6 @@ def train(args):
     training.say(rank, f"done: {args.out}/results.json, dev_report.html, dev_predictions.jsonl, model.safetensors, "
                        "best/")
     return model
-
-
-def log_training(metrics, step, args, lr, sums, grad_norm, throughput):
-    """One line per --log-every steps, averaged over those steps: to the terminal and to metrics.jsonl."""
-    samples_per_s, time_left = throughput.measure(step)
-    loss, score = sums["loss_sum"] / sums["count"], sums["vqa_score_sum"] / sums["count"]
-    metrics.write({"step": step, "split": "train", "lr": lr, "loss": loss, "vqa_score": score,
-                   "grad_norm": grad_norm, "samples_per_s": samples_per_s})
-    training.say(0, f"step {step}/{args.steps} | lr {lr:.2e} | loss {loss:.4f} | train VQA score {score:.3f} | "
-                    f"grad norm {grad_norm:.3f} | {samples_per_s:.1f} samples/s | ETA {time_left}")
-
-
-def log_dev(metrics, step, results, history, predictions, args):
-    """The dev evaluation: a metrics line, results.json (overall, by type, history), dev_predictions.jsonl."""
-    overall = results["overall"]
-    metrics.write({"step": step, "split": "dev", "accuracy": overall["accuracy"], "vqa_score": overall["vqa_score"]})
-    checkpoints.write_json(os.path.join(args.out, "results.json"), {"steps": args.steps, **results, "history": history})
-    checkpoints.write_jsonl(os.path.join(args.out, "dev_predictions.jsonl"), predictions)
-    training.say(0, f"step {step} dev | accuracy {overall['accuracy']:.4f} | VQA score {overall['vqa_score']:.4f} | "
-                    + " | ".join(f"{name} {result['accuracy']:.3f}" for name, result in results["by_type"].items()))
 
 
 def main(argv=None):

@@ -35,6 +35,11 @@ Choices where the data sets' documents are silent:
   spelling is counted and reported, and the type follows from the most frequent answer: 예/아니오/아니요/네,
   a numeral (3, 3개, 세 마리, 셋), 알 수 없음, or 그 외.
 - Byte-split pieces are joined in the order of their numbers (part10 after part9); a gap is refused.
+- Tokenizer files: the file's own padding and truncation are switched off (data.Tokenizer pads); a
+  tokenizer.json whose normaliser strips accents (which takes Hangul apart into jamo) gets KLUE's cased,
+  non-stripping BERT normaliser instead, with a note on stderr.
+- Images: transparent pixels are composited on white; 16-bit grey is scaled by 1/257; float images are
+  clipped to 0..255; EXIF orientation is applied; an image over Image.MAX_IMAGE_PIXELS is refused.
 """
 
 import argparse
@@ -57,6 +62,13 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+# Batches of short captions gain nothing from the library's thread pool, and a pool started before
+# DataLoader workers fork makes every worker print a warning.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from tokenizers import Tokenizer as BackendTokenizer  # noqa: E402
+from tokenizers import decoders, models, normalizers, pre_tokenizers  # noqa: E402
+
+SPECIAL_TOKENS = ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")  # ids 0..4 in KLUE's vocabulary
 ANSWER_TYPES = ["예/아니오", "숫자", "알 수 없음", "그 외"]  # the Ko-METER paper's four answer types
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -142,6 +154,67 @@ def image_problem(path):
 
 
 # ----------------------------------------------------------------------------------------------
+# Tokenizer files: tokenizer.json or KLUE's vocab.txt
+
+
+def bert_normalizer():
+    """KLUE's normaliser: cased, and no accent stripping (stripping splits Hangul into jamo)."""
+    return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                      lowercase=False)
+
+
+def has_jamo(text):
+    """True when text holds conjoining or compatibility jamo (a Hangul syllable taken apart)."""
+    return any("\u1100" <= char <= "\u11ff" or "\u3130" <= char <= "\u318f" for char in text)
+
+
+def read_tokenizer(path):
+    """(a `tokenizers` WordPiece tokenizer, the file it came from) for tokenizer.json or vocab.txt, or a folder
+    holding either (tokenizer.json wins). data.Tokenizer wraps it."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in ("tokenizer.json", "vocab.txt") if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path}: holds neither tokenizer.json nor vocab.txt")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer file not found")
+    if path.suffix == ".json":
+        try:
+            backend = BackendTokenizer.from_file(str(path))
+        except Exception as error:  # the library raises a plain Exception for a bad file
+            raise ValueError(f"{path}: not a tokenizers JSON file ({error})") from None
+    else:
+        backend = wordpiece_from_vocab(path)
+    if backend.normalizer is not None and has_jamo(backend.normalizer.normalize_str("한국어")):
+        print(f"note: {path}: its normaliser splits Hangul into jamo; using KLUE's (cased, no accent stripping) "
+              "instead", file=sys.stderr)
+        backend.normalizer = bert_normalizer()
+    backend.no_padding()
+    backend.no_truncation()
+    if backend.decoder is None:
+        backend.decoder = decoders.WordPiece(prefix="##")
+    return backend, path
+
+
+def wordpiece_from_vocab(path):
+    """A BERT WordPiece tokenizer from a vocab.txt (one piece per line, line number = id)."""
+    vocab = {}
+    with open(path, encoding="utf-8") as file:
+        for index, line in enumerate(file):
+            vocab[line.rstrip("\r\n")] = index
+    if "[UNK]" not in vocab:
+        raise ValueError(f"{path}: the vocabulary lacks the special token [UNK]")
+    backend = BackendTokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##",
+                                                max_input_chars_per_word=100))
+    backend.normalizer = bert_normalizer()
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens([token for token in SPECIAL_TOKENS if token in vocab])  # ids unchanged
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------
 # Columns: many strings in one buffer, and entries as per-row codes into tables of distinct values
 
 
@@ -203,6 +276,13 @@ def counts_by_value(codes, values):
     for code in np.flatnonzero(counts).tolist():
         total[values[code]] += int(counts[code])
     return total
+
+
+def value_hits(values, test):
+    """[distinct values] bool: which of a column's distinct values pass `test`, a predicate or a collection."""
+    if not callable(test):
+        test = set(test).__contains__
+    return np.array([bool(test(value)) for value in values.tolist()], dtype=bool)
 
 
 class Entries:
@@ -267,11 +347,9 @@ class Entries:
         offsets = self.columns.fields[name].values.offsets
         return (offsets[1:] == offsets[:-1])[self.column(name)]
 
-    def matching(self, name, predicate):
-        """Mask of the rows whose field value satisfies `predicate`."""
-        values = self.columns.fields[name].values
-        hits = np.array([bool(predicate(value)) for value in values.tolist()], dtype=bool)
-        return hits[self.column(name)]
+    def matching(self, name, test):
+        """Mask of the rows whose field value passes `test`: a predicate, or a collection the value must be in."""
+        return value_hits(self.columns.fields[name].values, test)[self.column(name)]
 
     def answer_codes(self):
         """(the answer codes of this view's rows, one row after the other; the row each belongs to)."""
@@ -285,13 +363,11 @@ class Entries:
         """Counter {answer: how often annotators gave it} over this view's rows."""
         return counts_by_value(self.answer_codes()[0], self.columns.answers.values)
 
-    def any_answer(self, predicate):
-        """Mask of the rows with at least one answer that satisfies `predicate`."""
+    def any_answer(self, test):
+        """Mask of the rows with at least one answer that passes `test` (as in `matching`)."""
         codes, owners = self.answer_codes()
-        values = self.columns.answers.values
-        hits = np.array([bool(predicate(value)) for value in values.tolist()], dtype=bool)
         mask = np.zeros(len(self), dtype=bool)
-        mask[owners[hits[codes]]] = True
+        mask[owners[value_hits(self.columns.answers.values, test)[codes]]] = True
         return mask
 
     def answer_count(self):

@@ -23,14 +23,12 @@ Choices where the papers are silent:
   path computes the same numbers (tests check both ways agree).
 """
 
-import functools
 import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 
 # -----------------------------------------------------------------------------
@@ -84,7 +82,7 @@ CONFIGS = {
 # -----------------------------------------------------------------------------
 # Attention, written out once. Self-attention when `context` is None, cross-attention otherwise.
 # With keep_probs set, the written-out path runs and the probabilities stay in .probs: the attention maps of
-# predict.py --explain (report.py) come out of the very modules the model runs.
+# predict.py --explain (report.kept_attention) come out of the very modules the model runs.
 
 class Attention(nn.Module):
     def __init__(self, width: int, num_heads: int, dropout: float = 0.0, fast: bool = True):
@@ -94,7 +92,7 @@ class Attention(nn.Module):
         self.head_width = width // num_heads
         self.dropout = dropout  # on the attention probabilities (BERT / RoBERTa); 0 in CLIP
         self.fast = fast
-        self.keep_probs = False  # set by kept_attention(): take the written-out path and keep its probabilities
+        self.keep_probs = False  # set by report.kept_attention: take the written-out path, keep the probabilities
         self.probs = None        # [B, heads, T, S] of the last forward pass while keep_probs is set
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(width, width)
@@ -125,15 +123,6 @@ class Attention(nn.Module):
             y = probs @ v  # [B, heads, T, S] @ [B, heads, S, 64] -> [B, heads, T, 64]
         y = y.transpose(1, 2).reshape(batch, queries, width)  # [B, heads, T, 64] -> [B, T, W]
         return self.out(y)
-
-
-def kept_attention(attention: Attention, run):
-    """(run(), the probabilities [B, heads, T, S] that `attention` computed during it), then back to normal."""
-    attention.keep_probs = True
-    try:
-        return run(), attention.probs
-    finally:
-        attention.keep_probs, attention.probs = False, None
 
 
 # -----------------------------------------------------------------------------
@@ -387,11 +376,6 @@ class Meter(nn.Module):
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids, attention_mask), attention_mask, self.vision(pixels))
 
-    def text_to_image_attention(self, pixels, input_ids, attention_mask, layer=-1):
-        """(forward's output, the text stream's cross-attention probabilities in fusion layer `layer`
-        [B, heads, T, 1+N]): how each text token spreads its attention over the image tokens."""
-        return kept_attention(self.text_layers[layer].cross_attention, lambda: self(pixels, input_ids, attention_mask))
-
     part_of = staticmethod(part_of)
     no_weight_decay = staticmethod(no_weight_decay)
 
@@ -433,13 +417,6 @@ class Vilt(nn.Module):
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids), attention_mask, self.vision(pixels))
 
-    def text_to_image_attention(self, pixels, input_ids, attention_mask, layer=-1):
-        """(forward's output, the text-to-image block of block `layer`'s attention [B, heads, T, 1+N]). A text
-        token's row sums to 1 over text and image keys together, so its image part sums to at most 1."""
-        out, probs = kept_attention(self.blocks[layer].attention, lambda: self(pixels, input_ids, attention_mask))
-        text_tokens = input_ids.shape[1]
-        return out, probs[:, :, :text_tokens, text_tokens:]  # [B, heads, T+1+N, T+1+N] -> [B, heads, T, 1+N]
-
     part_of = staticmethod(part_of)
     no_weight_decay = staticmethod(no_weight_decay)
 
@@ -450,24 +427,6 @@ def build_model(cfg: MeterConfig) -> nn.Module:
     if cfg.arch == "vilt":
         return Vilt(cfg)
     raise ValueError(f"unknown architecture {cfg.arch!r}: expected 'meter' or 'vilt'")
-
-
-def compile_layers(model: nn.Module):
-    """torch.compile every transformer layer in place. The model's own Python (the encoders' loops, fuse)
-    stays eager, so model.vision, model.text and model.fuse, called alone or together, all run compiled
-    layers."""
-    for module in model.modules():
-        if isinstance(module, (PreNormBlock, PostNormLayer)):
-            module.compile()
-
-
-def recompute_layers(model: nn.Module):
-    """Trade compute for memory: every transformer layer keeps only its input for the backward pass and runs
-    its forward again there (torch.utils.checkpoint, non-reentrant, dropout replayed with the same random
-    state, so the gradients are the same). Lets large micro-batches fit at 384 and 576 px."""
-    for module in model.modules():
-        if isinstance(module, (PreNormBlock, PostNormLayer)):
-            module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -7,19 +7,16 @@ objectives, the held-out evaluation and one training loop; the machinery it call
 processes, logs) is in training.py and the checkpoint files in checkpoints.py.
 
     python pretrain.py --demo      # the tiny config on the synthetic demo set, about 5 min on 2 CPU cores
-                                   # (--world bars: the second world, into out/pretrain_demo_bars/)
 
-The paper's run, on one GPU or data-parallel (--batch stays the global batch):
+The paper's run, on one GPU, or data-parallel with torchrun (--batch stays the global batch):
 
     python pretrain.py --captions MSCOCO_train_val_Korean.json --images coco/ --tokenizer klue/tokenizer.json \
         --clip clip/model.safetensors --text klue/model.safetensors
     torchrun --nproc_per_node 8 pretrain.py ...
 
 Choices where the papers are silent:
-- One pass per batch (`pretrain_losses`): the image encoder runs once and feeds both objectives, the MLM and
-  ITM texts share one text-encoder and fusion batch, and the MLM vocabulary projection runs only where a
-  token was masked. METER's two passes (`pretrain_losses_two_pass`) give the same losses and gradients
-  (tests check it; bench.py measures the difference).
+- One pass per batch (`pretrain_losses`) gives the same losses and gradients as METER's two passes
+  (`pretrain_losses_two_pass`): tests check it, bench.py measures the difference.
 - ITM negatives come from the same micro-batch (the images whose encoder output is at hand), as in METER,
   where each GPU pairs inside its own batch.
 - The MLM loss is the mean over the masked tokens of the whole global batch and the ITM loss the mean over
@@ -43,7 +40,7 @@ import data
 import demo
 import formats
 import training
-from model import build_optimizer, compile_layers, recompute_layers
+from model import build_optimizer
 
 # The recipe: METER's learning-rate multipliers; the paper's defaults and the laptop demo's.
 PRETRAIN_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 5.0, "heads": 5.0}
@@ -67,25 +64,14 @@ CURVE_PANELS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Ko-METER pretraining with MLM + ITM.")
-    parser.add_argument("--demo", action="store_true",
-                        help="make the synthetic demo set if missing and pretrain the tiny config on it")
-    parser.add_argument("--demo-dir", help="where the demo set lives (default: demo_data, or demo_data_<world>)")
-    parser.add_argument("--world", choices=sorted(demo.WORLDS), default="shapes", help="with --demo: the synthetic "
-                        "world, shapes (demo.py) or bars (bars_world.py); each has its own data and output folders "
-                        "(default: shapes)")
+    demo.add_demo_flags(parser, "make the synthetic demo set if missing and pretrain the tiny config on it")
     parser.add_argument("--captions", help="captions: AIHub Korean MSCOCO JSON or JSONL {image, caption}")
     parser.add_argument("--images", help="image root the caption file's paths are relative to")
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
     training.add_encoder_flags(parser)
     training.add_training_flags(parser, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
-    args = parser.parse_args(argv)
-    demo.follow_world(args, PRETRAIN_DEMO_DEFAULTS["out"])
-    args = training.fill_defaults(args, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
-    if not args.demo:
-        for flag in ("captions", "images", "tokenizer"):
-            if getattr(args, flag) is None:
-                parser.error(f"--{flag} is required (or use --demo)")
-    return args
+    return training.parse_flags(parser, argv, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS,
+                                required=("captions", "images", "tokenizer"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,11 +157,12 @@ def objective_means(sums):
 
 def split_held_out(entries, seed):
     """Carve a held-out caption split by image (no image on both sides), from val2014 when there is one."""
-    image_ids = entries.distinct("image_id")  # entries are formats.Entries: columns, no object per caption
-    candidates = entries.select(entries.matching("split", lambda split: split.startswith("val"))).distinct("image_id") or image_ids
+    image_ids = entries.distinct("image_id")  # sorted; entries are formats.Entries (see data.build_answer_vocab)
+    in_val = entries.matching("split", lambda split: split.startswith("val"))  # [N] bool
+    candidates = entries.select(in_val).distinct("image_id") or image_ids
     count = min(len(candidates) - 1, HELD_OUT_MAX_IMAGES, max(1, round(HELD_OUT_SHARE * len(image_ids))))
-    order = torch.randperm(len(candidates), generator=training.seeded_generator(seed, "held out"))
-    held_out = entries.matching("image_id", {candidates[index] for index in order[:max(count, 0)].tolist()}.__contains__)
+    order = torch.randperm(len(candidates), generator=training.seeded_generator(seed, "held out")).tolist()
+    held_out = entries.matching("image_id", [candidates[index] for index in order[:max(count, 0)]])  # [N] bool
     return entries.select(~held_out), entries.select(held_out)
 
 
@@ -217,11 +204,8 @@ def train(args):
         checkpoints.check_resume_args(args, state["args"])
         start_step = state["step"]
         training.say(rank, f"resuming {args.out} at step {start_step}")
-    if args.recompute:
-        recompute_layers(model)
-    if args.compile:
-        compile_layers(model)
-    objective = training.wrap_objective(model, pretrain_losses, world_size, device)  # DDP under torchrun
+    # the losses around the model, as the loop calls them (with --recompute, --compile, and DDP under torchrun)
+    objective = training.wrap_objective(model, pretrain_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     collate = functools.partial(data.collate_captions, tokenizer=tokenizer, max_len=args.max_len)
@@ -278,11 +262,11 @@ def train(args):
 
             # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only)
             if rank == 0 and log_now:
-                log_training(metrics, completed, args, lr, objective_means(logged_sums), grad_norm, throughput)
+                training.log_step(metrics, completed, args, lr, objective_means(logged_sums), grad_norm, throughput)
                 logged_sums = {}
             if rank == 0 and held_out_entries and (completed % args.eval_every == 0 or is_last):
                 held_out = evaluate_pretraining(model, held_out_loader, tokenizer, args, device)
-                log_held_out(metrics, completed, held_out)
+                training.log_evaluation(metrics, completed, "val", held_out)
             if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
                 checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
                     "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, [tokenizer_copy])
@@ -293,22 +277,6 @@ def train(args):
     training.release_output_folder(args, rank)
     training.say(rank, f"done: {args.out}/model.safetensors, metrics.jsonl, curves.png")
     return model
-
-
-def log_training(metrics, step, args, lr, means, grad_norm, throughput):
-    """One line per --log-every steps, averaged over those steps: to the terminal and to metrics.jsonl."""
-    samples_per_s, time_left = throughput.measure(step)
-    metrics.write({"step": step, "split": "train", "lr": lr, **means, "grad_norm": grad_norm,
-                   "samples_per_s": samples_per_s})
-    training.say(0, f"step {step}/{args.steps} | lr {lr:.2e} | MLM loss {means['mlm_loss']:.4f} acc "
-                    f"{means['mlm_acc']:.3f} | ITM loss {means['itm_loss']:.4f} acc {means['itm_acc']:.3f} | "
-                    f"grad norm {grad_norm:.3f} | {samples_per_s:.1f} samples/s | ETA {time_left}")
-
-
-def log_held_out(metrics, step, means):
-    metrics.write({"step": step, "split": "val", **means})
-    training.say(0, f"step {step} held out | MLM loss {means['mlm_loss']:.4f} acc {means['mlm_acc']:.3f} | "
-                    f"ITM loss {means['itm_loss']:.4f} acc {means['itm_acc']:.3f}")
 
 
 def main(argv=None):

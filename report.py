@@ -3,7 +3,7 @@
 Off the reading path: the machinery behind `predict.py --explain` and `--report`, and finetune.py's
 dev_report.html. A map is the text stream's cross-attention in one co-attention layer (METER, Dou et al.,
 CVPR 2022, §3.2): for the question's tokens, the softmax over the image tokens, averaged over the heads,
-taken from model.py's Attention itself (Meter.text_to_image_attention). For ViLT (Kim et al., ICML 2021) it is
+taken from model.py's Attention itself (text_to_image_attention below). For ViLT (Kim et al., ICML 2021) it is
 the text-to-image block of one layer's self-attention. Each question gets two maps: the [CLS] token's row (the
 token the text pooler reads) and the mean of the rows of all its real tokens. Raw attention shows where the
 tokens look, not how much each patch decides the answer (Abnar & Zuidema, ACL 2020, "Quantifying Attention
@@ -58,6 +58,30 @@ HANGUL_FONTS = [
 # From the model: answers and the attention maps behind them
 
 
+def kept_attention(attention, run):
+    """(run(), the probabilities [B, heads, T, S] that model.Attention `attention` computed during it), then
+    back to the fast path."""
+    attention.keep_probs = True
+    try:
+        return run(), attention.probs
+    finally:
+        attention.keep_probs, attention.probs = False, None
+
+
+def text_to_image_attention(model, pixels, input_ids, attention_mask, layer=-1):
+    """(the model's output, its text-to-image attention probabilities [B, heads, T, 1+N] in layer `layer`): how
+    each text token spreads its attention over the image tokens. Ko-METER: the text stream's cross-attention in
+    a fusion layer. ViLT: the text-to-image block of a block's self-attention, whose rows sum to 1 over text and
+    image keys together, so a row's image part sums to at most 1."""
+    def forward():
+        return model(pixels, input_ids, attention_mask)
+    if model.cfg.arch == "meter":
+        return kept_attention(model.text_layers[layer].cross_attention, forward)
+    out, probs = kept_attention(model.blocks[layer].attention, forward)
+    text_tokens = input_ids.shape[1]
+    return out, probs[:, :, :text_tokens, text_tokens:]  # [B, heads, T+1+N, T+1+N] -> [B, heads, T, 1+N]
+
+
 def layer_count(model):
     """The layers whose text-to-image attention can be shown: co-attention layer pairs, or ViLT's blocks."""
     return model.cfg.fusion_layers if model.cfg.arch == "meter" else model.cfg.vilt_layers
@@ -108,7 +132,7 @@ def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions
         if layer is None:
             out, maps = model(pixels, input_ids, attention_mask), None
         else:
-            out, probs = model.text_to_image_attention(pixels, input_ids, attention_mask, layer)
+            out, probs = text_to_image_attention(model, pixels, input_ids, attention_mask, layer)
             maps = attention_maps(probs.float(), attention_mask).cpu()
         logits = model.vqa_head(out["cls_feats"])
     probabilities = torch.sigmoid(logits.float())  # [B, num_answers]

@@ -24,6 +24,7 @@ Choices where the papers are silent:
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -37,12 +38,14 @@ import torch
 import torch.distributed as distributed
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+import demo
 from checkpoints import atomic_write, read_json, write_json, write_jsonl
 from formats import read_json_or_jsonl
 from load_weights import initialise_encoders
-from model import CONFIGS, build_model
+from model import CONFIGS, PostNormLayer, PreNormBlock, build_model
 
 WARMUP_SHARE = 0.1
 
@@ -53,7 +56,7 @@ WARMUP_SHARE = 0.1
 
 def add_training_flags(parser, defaults, demo_defaults):
     """The flags both training scripts take. Flags whose default depends on --demo are parsed as None and
-    filled in by `fill_defaults`."""
+    filled in by `parse_flags`."""
 
     def default_text(name):
         def shown(value):
@@ -96,13 +99,18 @@ def add_encoder_flags(parser, condition=""):
                         "streams + co-attention) or the ViLT single-stream baseline (default: meter)")
 
 
-def fill_defaults(args, defaults, demo_defaults):
-    """Give every flag left unset its default, the demo's when --demo is set."""
-    chosen = demo_defaults if args.demo else defaults
-    for name, value in chosen.items():
+def parse_flags(parser, argv, defaults, demo_defaults, required):
+    """Parse the command line; give every flag left unset its default (the demo's with --demo, whose data and
+    output folders follow --world) and refuse a run without the `required` flags unless it is a demo."""
+    args = parser.parse_args(argv)
+    demo.follow_world(args, demo_defaults["out"])
+    for name, value in (demo_defaults if args.demo else defaults).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.overwrite = args.overwrite or args.demo
+    for name in required if not args.demo else ():
+        if getattr(args, name) is None:
+            parser.error(f"--{name} is required (or use --demo)")
     return args
 
 
@@ -258,12 +266,35 @@ class Objective(torch.nn.Module):
         return self.losses(self.model, batch, **normalisers)
 
 
-def wrap_objective(model, losses, world_size, device):
-    """The module the loop calls: Objective, inside DistributedDataParallel when there are processes."""
+def wrap_objective(model, losses, args, world_size, device):
+    """The module the loop calls: Objective, its layers recomputed in the backward pass with --recompute and
+    compiled with --compile, inside DistributedDataParallel when there are processes."""
+    if args.recompute:
+        recompute_layers(model)
+    if args.compile:
+        compile_layers(model)
     objective = Objective(model, losses)
     if world_size == 1:
         return objective
     return torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+
+
+def compile_layers(model):
+    """torch.compile every transformer layer in place. The model's own Python (the encoders' loops, fuse)
+    stays eager, so model.vision, model.text and model.fuse, called alone or together, all run compiled
+    layers."""
+    for module in model.modules():
+        if isinstance(module, (PreNormBlock, PostNormLayer)):
+            module.compile()
+
+
+def recompute_layers(model):
+    """Trade compute for memory: every transformer layer keeps only its input for the backward pass and runs
+    its forward again there (torch.utils.checkpoint, non-reentrant, dropout replayed with the same random
+    state, so the gradients are the same). Lets large micro-batches fit at 384 and 576 px."""
+    for module in model.modules():
+        if isinstance(module, (PreNormBlock, PostNormLayer)):
+            module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
 
 
 def backward(objective, loss, world_size, last_micro_batch):
@@ -430,6 +461,26 @@ class Throughput:
 
 
 CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def log_step(metrics, step, args, lr, means, grad_norm, throughput):
+    """The training line of every --log-every steps, `means` averaged over those steps: on the terminal and in
+    metrics.jsonl, under the same names."""
+    samples_per_s, time_left = throughput.measure(step)
+    metrics.write({"step": step, "split": "train", "lr": lr, **means, "grad_norm": grad_norm,
+                   "samples_per_s": samples_per_s})
+    say(0, f"step {step}/{args.steps} | lr {lr:.2e} | {named_values(means)} | grad norm {grad_norm:.3f} | "
+           f"{samples_per_s:.1f} samples/s | ETA {time_left}")
+
+
+def log_evaluation(metrics, step, split, means):
+    """An evaluation's line ("val" in pretraining, "dev" in fine-tuning): on the terminal and in metrics.jsonl."""
+    metrics.write({"step": step, "split": split, **means})
+    say(0, f"step {step} {split} | {named_values(means)}")
+
+
+def named_values(means):
+    return " | ".join(f"{name} {value:.4f}" for name, value in means.items())
 
 
 def draw_curves(records, image_path, panels):

@@ -67,16 +67,16 @@ def test_tokenizer_json_ids_round_trip_and_encode(tokenizer, tmp_path):
     assert input_ids[1].tolist()[3:] == [1] * (input_ids.shape[1] - 3) and attention_mask[1].sum() == 3
     assert loaded.decode(input_ids[0]) == text
     pieces = loaded.backend.encode(text, add_special_tokens=False).tokens
-    assert not any(data.has_jamo(piece) for piece in pieces)
+    assert not any(formats.has_jamo(piece) for piece in pieces)
     assert "빨" in loaded.backend.get_vocab()
     short_ids, short_mask = loaded.encode([text], max_len=5)
     assert short_ids.shape == (1, 5) and short_ids[0, -1] == 2 and short_mask.all()
 
 
 def test_accent_stripping_is_off_and_would_split_hangul():
-    assert data.bert_normalizer().normalize_str("한국어") == "한국어"
+    assert formats.bert_normalizer().normalize_str("한국어") == "한국어"
     stripping = normalizers.BertNormalizer(strip_accents=True, lowercase=False)
-    assert data.has_jamo(stripping.normalize_str("한국어"))
+    assert formats.has_jamo(stripping.normalize_str("한국어"))
 
 
 def test_vocab_txt_and_folder_load_like_tokenizer_json(tokenizer, tmp_path):
@@ -93,7 +93,7 @@ def test_vocab_txt_and_folder_load_like_tokenizer_json(tokenizer, tmp_path):
 
 
 def test_file_padding_and_truncation_settings_are_ignored(tokenizer, tmp_path):
-    backend = data.BackendTokenizer.from_file(str(tokenizer.source))
+    backend = formats.BackendTokenizer.from_file(str(tokenizer.source))
     backend.enable_padding(pad_id=1, pad_token="[PAD]", length=50)
     backend.enable_truncation(max_length=3)
     backend.save(str(tmp_path / "tokenizer.json"))
@@ -102,7 +102,7 @@ def test_file_padding_and_truncation_settings_are_ignored(tokenizer, tmp_path):
 
 
 def test_a_normaliser_that_splits_hangul_is_replaced(tokenizer, tmp_path, capsys):
-    backend = data.BackendTokenizer.from_file(str(tokenizer.source))
+    backend = formats.BackendTokenizer.from_file(str(tokenizer.source))
     backend.normalizer = normalizers.BertNormalizer(strip_accents=True, lowercase=True)
     backend.save(str(tmp_path / "tokenizer.json"))
     loaded = data.Tokenizer.load(tmp_path / "tokenizer.json")

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from load_weights import load_clip, load_meter, load_text
-from model import CONFIGS, Attention, ClipVision, RobertaText, build_model, compile_layers, recompute_layers
+from model import CONFIGS, Attention, ClipVision, RobertaText, build_model
+from training import compile_layers, recompute_layers
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test-only oracle; "
                                    "pip install transformers to run the parity tests")

@@ -26,7 +26,7 @@ import finetune
 import formats
 import predict
 import report
-from model import CONFIGS, build_model, kept_attention
+from model import CONFIGS, build_model
 
 FINETUNE_FLAGS = ["--config", "tiny", "--batch", "8", "--steps", "2", "--max-len", "16", "--log-every", "2",
                   "--eval-every", "2", "--save-every", "2", "--workers", "0", "--lr", "1e-4"]
@@ -72,7 +72,7 @@ def test_kept_attention_sums_to_one_and_changes_nothing(arch):
     with torch.no_grad():
         plain = model(pixels, input_ids, attention_mask)
         for layer in range(report.layer_count(model)):
-            out, probs = model.text_to_image_attention(pixels, input_ids, attention_mask, layer)
+            out, probs = report.text_to_image_attention(model, pixels, input_ids, attention_mask, layer)
             assert probs.shape == (3, 2, input_ids.shape[1], 1 + cfg.num_patches)  # [B, heads, T, 1+N]
             for name in plain:
                 torch.testing.assert_close(out[name], plain[name], rtol=1e-5, atol=1e-5)
@@ -81,7 +81,7 @@ def test_kept_attention_sums_to_one_and_changes_nothing(arch):
             else:  # the text-to-image block is part of rows that sum to 1 over text and image keys
                 assert (probs.sum(-1) <= 1 + 1e-6).all()
         attention = model.text_layers[-1].cross_attention if arch == "meter" else model.blocks[-1].attention
-        _, probs = kept_attention(attention, lambda: model(pixels, input_ids, attention_mask))
+        _, probs = report.kept_attention(attention, lambda: model(pixels, input_ids, attention_mask))
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:3]))
     if arch == "vilt":  # padded text keys get nothing
         padded_keys = torch.cat([attention_mask, torch.ones(3, 1 + cfg.num_patches, dtype=torch.long)], dim=1) == 0
