@@ -46,13 +46,14 @@ class Tokenizer:
     knows which ids are special and which pieces continue a word (what MLM masking needs)."""
 
     def __init__(self, backend, source):
+        """backend: a `tokenizers.Tokenizer` with no padding or truncation of its own; source: its file."""
         special_ids = []
         for token in SPECIAL_TOKENS:
             token_id = backend.token_to_id(token)
             if token_id is None:
                 raise ValueError(f"{source}: the vocabulary lacks the special token {token}")
             special_ids.append(token_id)
-        self.cls_id, self.pad_id, self.sep_id, self.unk_id, self.mask_id = special_ids
+        self.cls_id, self.pad_id, self.sep_id, self.unk_id, self.mask_id = special_ids  # SPECIAL_TOKENS' order
         self.backend = backend
         self.source = str(source)
         vocab = backend.get_vocab(with_added_tokens=True)
@@ -187,7 +188,8 @@ class RandAugment:
     }
     ALL_OPS = tuple(OPERATIONS)
     # For data whose answers are colours, counts or positions (the demo set): no colour operation
-    # (Color/Solarize/Posterize/Equalize/AutoContrast) and nothing pushed out of frame (Shear/Translate).
+    # (Color/Solarize/Posterize/Equalize/AutoContrast) and no shift or shear (Shear/Translate); Rotate turns by
+    # at most 9 degrees at magnitude 9, which keeps objects in place and in frame.
     SAFE_FOR_COLOUR_AND_COUNT = ("Rotate", "Contrast", "Brightness", "Sharpness")
 
     def __init__(self, num_ops=2, magnitude=9, ops=None):
@@ -230,7 +232,7 @@ def mask_tokens(input_ids, tokenizer, generator, probability=0.15, whole_word=Tr
     word_chosen.scatter_reduce_(1, word_index, start_drawn.long(), reduce="amax")  # 1 where a word was drawn
     selected = word_chosen.gather(1, word_index).bool() & candidates              # [B, T]: its tokens
     if not selected.any() and starts.any():
-        start_positions = starts.nonzero()                                         # [W, 2]
+        start_positions = starts.nonzero()                                         # [words, 2]: (row, column)
         row, column = start_positions[torch.randint(len(start_positions), (1,), generator=generator)][0]
         selected[row] = (word_index[row] == word_index[row, column]) & candidates[row]
     action = torch.rand(input_ids.shape, generator=generator)
@@ -246,8 +248,12 @@ def mask_tokens(input_ids, tokenizer, generator, probability=0.15, whole_word=Tr
 
 def itm_pairs(image_ids, generator):
     """(image_index [B], itm_labels [B]): B // 2 random rows keep their own image (label 1); the
-    others take another row's image, one with a different image_id wherever the batch has one."""
+    others take another row's image (label 0), one with a different image_id wherever the batch has one. Only a
+    batch whose rows all show one image pairs a row with the same picture under label 0; a batch of one row
+    keeps its image (label 1)."""
     size = len(image_ids)
+    if size == 1:
+        return torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
     codes = {}
     image_codes = torch.tensor([codes.setdefault(image_id, len(codes)) for image_id in image_ids])
     matched = torch.zeros(size, dtype=torch.bool)
@@ -255,8 +261,6 @@ def itm_pairs(image_ids, generator):
     different_image = image_codes[:, None] != image_codes[None, :]                # [B, B]
     other_row = ~torch.eye(size, dtype=torch.bool)                                # [B, B]
     allowed = torch.where(different_image.any(dim=1, keepdim=True), different_image, other_row)
-    if size == 1:
-        allowed = torch.ones((1, 1), dtype=torch.bool)
     negative_index = torch.multinomial(allowed.float(), 1, generator=generator).squeeze(1)  # [B]
     image_index = torch.where(matched, torch.arange(size), negative_index)
     return image_index, matched.long()
@@ -264,6 +268,12 @@ def itm_pairs(image_ids, generator):
 
 # ----------------------------------------------------------------------------------------------
 # 4. Datasets and collates: captions for pretraining, questions with soft-score targets for VQA
+#
+# The entries that formats.py reads are a formats.Entries: rows in columns rather than one dict per question (a
+# million questions take megabytes, shared by the DataLoader workers). entries[i] is entry i as a dict; the
+# rest works on whole columns: answer_counts() {answer: count}, any_answer(values) and matching(field, test)
+# give boolean masks [N], distinct(field) the sorted values, column("image") a number per image file, and
+# select(mask) the entries a mask keeps.
 
 
 class CaptionDataset(torch.utils.data.Dataset):
@@ -299,11 +309,6 @@ def answer_scores(answers):
     return {answer: min(1.0, 3 * count / 10) for answer, count in counts.items()}
 
 
-# The entries are formats.Entries: rows in columns rather than one dict per question (a million questions take
-# megabytes), with whole-column operations: answer_counts(), any_answer(collection) and column(name) below;
-# select(mask) keeps the rows of a boolean mask.
-
-
 def build_answer_vocab(entries, num_answers):
     """The num_answers answers annotators gave most often (ties: alphabetical, so the file's order is irrelevant)."""
     ranked = sorted(entries.answer_counts().items(), key=lambda item: (-item[1], item[0]))
@@ -326,7 +331,7 @@ def split_dev(entries, dev_size, seed):
     order = list(range(len(image_codes)))
     random.Random(seed).shuffle(order)
     dev_images, dev_count = [], 0
-    for position in order[:-1]:
+    for position in order[:-1]:  # the last image always stays in training
         if dev_count >= dev_size:
             break
         dev_images.append(image_codes[position])
@@ -338,9 +343,9 @@ def split_dev(entries, dev_size, seed):
 class VqaDataset(torch.utils.data.Dataset):
     """VQA entries -> {"pixels", "question", "targets" [num_answers], "question_id", "index"}.
 
-    With augment, item i of epoch e is augmented with random.Random(f"{seed}:{e}:{i}"): the same
-    in every worker and every run. set_epoch reaches DataLoader workers that are started per
-    epoch (persistent_workers=False, the default).
+    With augment, item i of epoch e is augmented with random.Random(f"{seed}:{e}:{i}"): the same in every
+    worker and every run. The training stream (training.ShuffledStream) calls set_epoch in each worker as it
+    enters a new epoch.
     """
 
     def __init__(self, entries, answer_vocab, image_size, augment=None, seed=0):

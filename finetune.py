@@ -54,7 +54,7 @@ FINETUNE_DEFAULTS = {
     "config": "base", "batch": 512, "steps": 10250, "lr": 5e-6, "max_len": 40,
     "log_every": 50, "eval_every": None, "save_every": 1000, "out": "finetune_out", "workers": 4,
     "augment": "all",
-}
+}  # the image size is the model's (224) unless --image-size: the paper's run passes 384
 FINETUNE_DEMO_DEFAULTS = {
     "config": "tiny", "batch": 32, "steps": 300, "lr": 1e-4, "max_len": 40,
     "log_every": 25, "eval_every": None, "save_every": 300, "out": "out/finetune_demo", "workers": 0,
@@ -148,7 +148,7 @@ def evaluate_vqa(model, loader, entries, answer_vocab, args, device):
 
     results = {"overall": summary(predictions),
                "by_type": {answer_type: summary([row for row in predictions if row["answer_type"] == answer_type])
-                           for answer_type in formats.ANSWER_TYPES}}
+                           for answer_type in formats.ANSWER_TYPES}}  # 예/아니오, 숫자, 알 수 없음, 그 외
     return results, predictions
 
 
@@ -165,8 +165,8 @@ def dev_means(results):
 def build_finetune_model(args, tokenizer, num_answers, rank):
     """From --pretrained (its config, a new VQA head), or a fresh model with CLIP/KLUE or random encoders.
     The MLM and ITM heads get no gradient from VQA: they are frozen (and DDP then waits for no gradient)."""
-    if args.pretrained:
-        torch.manual_seed(args.seed)
+    if args.pretrained:  # the checkpoint decides the architecture and sizes; --config and --arch do not apply
+        torch.manual_seed(args.seed)  # the new VQA head's initialisation, as build_fresh_model seeds a fresh model
         model = load_meter(checkpoints.resolve_checkpoint(args.pretrained), image_size=args.image_size,
                            num_answers=num_answers, verbose=rank == 0)
     else:
@@ -190,6 +190,8 @@ def read_questions(args, rank):
 
 
 def train(args):
+    # Set-up. Four calls fill in flags left unset: setup_processes --dtype (bf16 on CUDA), check_batch_sizes
+    # --micro-batch, use_demo_data the data flags of --demo, check_model_fits --image-size (the model's).
     rank, world_size, device = training.setup_processes(args)
     accumulation_steps = training.check_batch_sizes(args, world_size)
     if args.demo:
@@ -228,7 +230,7 @@ def train(args):
         extra_files = [checkpoints.copy_tokenizer(tokenizer.source, args.out), answers_path]
         metrics = training.MetricsLog(os.path.join(args.out, "metrics.jsonl"), start_step if args.resume else None)
     throughput = training.Throughput(start_step, args.steps, args.batch)
-    logged_sums, last_saved = {}, f"step {start_step}" if args.resume else "none"
+    logged_sums, last_saved = {}, (f"step {start_step}" if args.resume else "none")
 
     model.train()
     with training.StopSignal() as stop_signal:
@@ -239,8 +241,10 @@ def train(args):
 
             # ---- forward and backward over this process's micro-batches of the endless, seeded stream
             step_sums = {}
+            first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
             for index in range(accumulation_steps):
-                torch.manual_seed(training.derived_seed(args.seed, step, rank * accumulation_steps + index, "dropout"))
+                # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
+                torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
                 with training.autocast(device, args.dtype):
                     losses = objective(training.to_device(next(loader), device), normaliser=args.batch)
                 # backward; under DDP the gradients are all-reduced on the last micro-batch (training.backward)
@@ -248,14 +252,14 @@ def train(args):
                 training.add_sums(step_sums, losses)
             # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
             step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
-            sums = training.sum_across_processes(step_sums, world_size)
+            sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
             if not math.isfinite(sums["loss_sum"]):
                 raise ValueError(f"loss is not finite at step {step + 1} ({sums['loss_sum']}): training stopped, "
                                  f"last good checkpoint: {last_saved} in {args.out}")
             completed, stopping = step + 1, sums.pop("stop") > 0
             is_last = completed == args.steps
             log_now = completed % args.log_every == 0 or is_last
-            grad_norm = training.gradient_norm(parameters) if log_now else None
+            grad_norm = training.gradient_norm(parameters) if log_now else None  # logged only: no clipping (METER)
             # ---- the update
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -297,8 +301,10 @@ def train(args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    # --demo alone: the three runs and the paper's tables; --demo with a choice made is one run. The demo and
+    # --seeds call `train` once per run, on argv parsed again with that run's --out, --seed and --pretrained.
     plain_demo = args.demo and not (args.pretrained or args.arch != "meter" or args.resume)
-    if plain_demo:  # --demo alone: the three runs and the paper's tables; --demo with a choice made is one run
+    if plain_demo:
         training.run_command(lambda: demo.run_finetune_demo(args, argv, parse_args, train))
     elif args.seeds > 1:
         training.run_command(lambda: demo.run_seeds(args, argv, parse_args, train))

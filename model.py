@@ -104,7 +104,8 @@ class Attention(nn.Module):
         context = x if context is None else context
         batch, queries, width = x.shape
         keys = context.shape[1]
-        # [B, T, W] -> [B, T, heads, 64] -> [B, heads, T, 64]; keys and values likewise with S tokens
+        # [B, T, W] -> [B, T, heads, D] -> [B, heads, T, D] (D = head_width, 64 in the base model); keys and values
+        # likewise with S tokens
         q = self.query(x).view(batch, queries, self.num_heads, self.head_width).transpose(1, 2)
         k = self.key(context).view(batch, keys, self.num_heads, self.head_width).transpose(1, 2)
         v = self.value(context).view(batch, keys, self.num_heads, self.head_width).transpose(1, 2)
@@ -120,8 +121,8 @@ class Attention(nn.Module):
             if self.keep_probs:
                 self.probs = probs.detach()
             probs = F.dropout(probs, dropout, self.training)
-            y = probs @ v  # [B, heads, T, S] @ [B, heads, S, 64] -> [B, heads, T, 64]
-        y = y.transpose(1, 2).reshape(batch, queries, width)  # [B, heads, T, 64] -> [B, T, W]
+            y = probs @ v  # [B, heads, T, S] @ [B, heads, S, D] -> [B, heads, T, D]
+        y = y.transpose(1, 2).reshape(batch, queries, width)  # [B, heads, T, D] -> [B, T, W]
         return self.out(y)
 
 
@@ -209,7 +210,8 @@ class TextEmbeddings(nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         """input_ids [B, T] -> [B, T, W]. The mask is not needed (positions come from the pad ids); it is
-        accepted so that ViLT's text part is called like the RoBERTa encoder: model.text(ids, mask)."""
+        accepted so that ViLT's text part is called like the RoBERTa encoder: model.text(ids, mask), as
+        pretrain.pretrain_losses does for both architectures."""
         # RoBERTa positions: real tokens count up from pad_id + 1 = 2, pads sit at pad_id = 1
         is_token = (input_ids != self.pad_id).long()
         positions = torch.cumsum(is_token, dim=1) * is_token + self.pad_id  # [B, T]
@@ -260,7 +262,7 @@ class RobertaText(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Heads and weight initialisation shared by both architectures.
+# Heads and weight initialisation, shared by both architectures.
 
 class Pooler(nn.Module):
     """tanh(Linear(token 0)): the stream's summary vector."""
@@ -317,22 +319,6 @@ def init_weights(module: nn.Module):
             nn.init.zeros_(child.bias)
 
 
-def part_of(param_name: str) -> str:
-    """vision | text: the encoders, pretrained, at the base lr | fusion: new, 5x | heads: 5x or 50x.
-    In ViLT the encoders are the embeddings; its blocks do the fusing, so they train at the fusion's lr
-    (ViLT trains its whole transformer at a high lr), even when they start from CLIP."""
-    top = param_name.split(".")[0]
-    if top in ("vision", "text"):
-        return top
-    return "heads" if top in ("mlm_head", "itm_head", "vqa_head") else "fusion"
-
-
-def no_weight_decay(param_name: str) -> bool:
-    """AdamW skips biases, LayerNorm weights and the class / position / modality / token-type embeddings."""
-    return param_name.endswith("bias") or any(word in param_name for word in
-                                              ("norm", "class_embedding", "position", "modality", "token_type"))
-
-
 # -----------------------------------------------------------------------------
 # Ko-METER: two encoders, co-attention fusion, poolers and heads (METER §3.2 and §4).
 
@@ -368,16 +354,13 @@ class Meter(nn.Module):
         for text_layer, image_layer in zip(self.text_layers, self.image_layers):
             # both streams read the other's output of the previous layer: they update in parallel
             text_feats, image_feats = (
-                text_layer(text_feats, text_mask, context=image_feats, context_mask=None),  # no padded image tokens
-                image_layer(image_feats, None, context=text_feats, context_mask=text_mask))
+                text_layer(text_feats, mask=text_mask, context=image_feats, context_mask=None),  # image tokens: never padded
+                image_layer(image_feats, mask=None, context=text_feats, context_mask=text_mask))
         cls_feats = torch.cat([self.text_pooler(text_feats), self.image_pooler(image_feats)], dim=-1)  # [B, 2H]
         return {"text_feats": text_feats, "image_feats": image_feats, "cls_feats": cls_feats}
 
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids, attention_mask), attention_mask, self.vision(pixels))
-
-    part_of = staticmethod(part_of)
-    no_weight_decay = staticmethod(no_weight_decay)
 
 
 # -----------------------------------------------------------------------------
@@ -404,7 +387,8 @@ class Vilt(nn.Module):
         init_weights(self)
 
     def fuse(self, text_hidden, attention_mask, image_hidden):
-        """Text embeddings [B, T, W] and patch embeddings [B, 1+N, W] -> one stream of T+1+N tokens."""
+        """Text embeddings [B, T, W] and patch embeddings [B, 1+N, W] -> one stream of T+1+N tokens. Named and
+        ordered as Meter.fuse's arguments, so that pretrain.pretrain_losses runs either model."""
         text_tokens = text_hidden.shape[1]
         x = torch.cat([text_hidden + self.modality.weight[0], image_hidden + self.modality.weight[1]], dim=1)
         image_mask = attention_mask.new_ones(image_hidden.shape[:2])
@@ -417,9 +401,6 @@ class Vilt(nn.Module):
     def forward(self, pixels, input_ids, attention_mask):
         return self.fuse(self.text(input_ids), attention_mask, self.vision(pixels))
 
-    part_of = staticmethod(part_of)
-    no_weight_decay = staticmethod(no_weight_decay)
-
 
 def build_model(cfg: MeterConfig) -> nn.Module:
     if cfg.arch == "meter":
@@ -429,16 +410,32 @@ def build_model(cfg: MeterConfig) -> nn.Module:
     raise ValueError(f"unknown architecture {cfg.arch!r}: expected 'meter' or 'vilt'")
 
 
+# -----------------------------------------------------------------------------
+# Optimiser: AdamW with METER's parameter groups, beside the model as nanoGPT's configure_optimizers.
+
+def part_of(param_name: str) -> str:
+    """vision | text: the encoders, pretrained, at the base lr | fusion: new, 5x | heads: 5x or 50x.
+    In ViLT the encoders are the embeddings; its blocks do the fusing, so they train at the fusion's lr
+    (ViLT trains its whole transformer at a high lr), even when they start from CLIP."""
+    top = param_name.split(".")[0]
+    if top in ("vision", "text"):
+        return top
+    return "heads" if top in ("mlm_head", "itm_head", "vqa_head") else "fusion"
+
+
+def no_weight_decay(param_name: str) -> bool:
+    """AdamW skips biases, LayerNorm weights and the class / position / modality / token-type embeddings."""
+    return param_name.endswith("bias") or any(word in param_name for word in
+                                              ("norm", "class_embedding", "position", "modality", "token_type"))
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     counts = {"vision": 0, "text": 0, "fusion": 0, "heads": 0}
     for name, param in model.named_parameters():
-        counts[model.part_of(name)] += param.numel()
+        counts[part_of(name)] += param.numel()
     counts["total"] = sum(counts.values())
     return counts
 
-
-# -----------------------------------------------------------------------------
-# Optimiser: AdamW with METER's parameter groups (nanoGPT keeps its configure_optimizers here too).
 
 ADAMW_BETAS = (0.9, 0.98)  # METER's betas; beta2 0.98 rather than 0.999 steadies early transformer training
 ADAMW_EPS = 1e-8
@@ -451,12 +448,12 @@ def build_optimizer(model: nn.Module, base_lr: float, lr_multipliers: dict[str, 
     new fusion and heads at multiples of it (METER §4: 5x fusion, 5x heads in pretraining, 50x for VQA).
 
     Each group keeps its parameter names (the optimizer state is saved by name) and its lr_multiplier:
-    the training loops set group["lr"] = schedule(step) * group["lr_multiplier"] by hand every step."""
+    the training loops set group["lr"] = training.lr_at(step, ...) * group["lr_multiplier"] by hand every step."""
     groups = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        part, decays = model.part_of(name), not model.no_weight_decay(name)
+        part, decays = part_of(name), not no_weight_decay(name)
         if (part, decays) not in groups:
             groups[(part, decays)] = {"params": [], "names": [], "part": part,
                                       "weight_decay": weight_decay if decays else 0.0,

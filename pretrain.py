@@ -10,13 +10,14 @@ processes, logs) is in training.py and the checkpoint files in checkpoints.py.
 
 The paper's run, on one GPU, or data-parallel with torchrun (--batch stays the global batch):
 
-    python pretrain.py --captions MSCOCO_train_val_Korean.json --images coco/ --tokenizer klue/tokenizer.json \
+    python pretrain.py --captions coco/MSCOCO_train_val_Korean.json.part0 --images coco/ --tokenizer klue/tokenizer.json \
         --clip clip/model.safetensors --text klue/model.safetensors
     torchrun --nproc_per_node 8 pretrain.py ...
 
 Choices where the papers are silent:
 - One pass per batch (`pretrain_losses`) gives the same losses and gradients as METER's two passes
-  (`pretrain_losses_two_pass`): tests check it, bench.py measures the difference.
+  (`pretrain_losses_two_pass`) up to dropout's random masks (tests check it with dropout off; bench.py
+  measures the difference).
 - ITM negatives come from the same micro-batch (the images whose encoder output is at hand), as in METER,
   where each GPU pairs inside its own batch.
 - The MLM loss is the mean over the masked tokens of the whole global batch and the ITM loss the mean over
@@ -107,10 +108,11 @@ def pretrain_losses(model, batch, mlm_normaliser=None, itm_normaliser=None):
     """The same losses in one pass, about a quarter less work at 224 px.
 
     CLIP has no dropout, so the image encoder's output is the same in both of METER's passes: it runs once,
-    and the ITM negatives are a permutation of its rows. The texts of both objectives go through the text
+    and the ITM rows gather it by image_index (half their own image, half another row's). The texts of both objectives go through the text
     encoder and the fusion together, as one batch of 2B: every row is computed as in two passes, but each
     matrix product is twice as tall and each weight gradient is computed once."""
     batch_size = batch["input_ids"].shape[0]
+    # (For ViLT, model.vision and model.text are the embeddings and fuse runs its single stream: same calls.)
     image_hidden = model.vision(batch["pixels"])  # [B, 1+N, W], shared by both objectives
     texts = torch.cat([batch["masked_ids"], batch["input_ids"]])  # [2B, T]: MLM texts, then ITM texts
     attention_mask = batch["attention_mask"].repeat(2, 1)  # [B, T] -> [2B, T]
@@ -160,6 +162,7 @@ def split_held_out(entries, seed):
     image_ids = entries.distinct("image_id")  # sorted; entries are formats.Entries (see data.build_answer_vocab)
     in_val = entries.matching("split", lambda split: split.startswith("val"))  # [N] bool
     candidates = entries.select(in_val).distinct("image_id") or image_ids
+    # 2% of the images, at least 1, at most 1,000, and never every candidate (one stays in training)
     count = min(len(candidates) - 1, HELD_OUT_MAX_IMAGES, max(1, round(HELD_OUT_SHARE * len(image_ids))))
     order = torch.randperm(len(candidates), generator=training.seeded_generator(seed, "held out")).tolist()
     held_out = entries.matching("image_id", [candidates[index] for index in order[:max(count, 0)]])  # [N] bool
@@ -185,6 +188,8 @@ def evaluate_pretraining(model, loader, tokenizer, args, device):
 
 
 def train(args):
+    # Set-up. Four calls fill in flags left unset: setup_processes --dtype (bf16 on CUDA), check_batch_sizes
+    # --micro-batch, use_demo_data the data flags of --demo, check_model_fits --image-size (the model's).
     rank, world_size, device = training.setup_processes(args)
     accumulation_steps = training.check_batch_sizes(args, world_size)
     if args.demo:
@@ -194,7 +199,7 @@ def train(args):
     entries = formats.read_usable(formats.read_captions(args.captions, args.images), args.max_bad_share, rank)
     train_entries, held_out_entries = split_held_out(entries, args.seed)
     training.say(rank, f"captions: {len(train_entries)} for training, {len(held_out_entries)} held out")
-    model = training.build_fresh_model(args, tokenizer, rank)
+    model = training.build_fresh_model(args, tokenizer, rank)  # model.build_model, encoders from --clip / --text
     training.check_model_fits(model, tokenizer, args)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, PRETRAIN_LR_MULTIPLIERS)
@@ -209,6 +214,7 @@ def train(args):
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     collate = functools.partial(data.collate_captions, tokenizer=tokenizer, max_len=args.max_len)
+    # training: an endless stream in a seeded order from start_step, this process's share; held out: one pass
     loader = iter(training.make_loader(data.CaptionDataset(train_entries, args.image_size), collate, args, device,
                                        start_step, rank, world_size))
     held_out_loader = training.make_loader(data.CaptionDataset(held_out_entries, args.image_size), collate, args, device)
@@ -216,7 +222,7 @@ def train(args):
         tokenizer_copy = checkpoints.copy_tokenizer(tokenizer.source, args.out)
         metrics = training.MetricsLog(os.path.join(args.out, "metrics.jsonl"), start_step if args.resume else None)
     throughput = training.Throughput(start_step, args.steps, args.batch)
-    logged_sums, last_saved = {}, f"step {start_step}" if args.resume else "none"
+    logged_sums, last_saved = {}, (f"step {start_step}" if args.resume else "none")
 
     model.train()
     with training.StopSignal() as stop_signal:
@@ -238,6 +244,7 @@ def train(args):
             # ---- forward and backward, micro-batch by micro-batch; the gradients add up in .grad
             step_sums = {}
             for index, batch in enumerate(micro_batches):
+                # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
                 torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
                 with training.autocast(device, args.dtype):
                     losses = objective(training.to_device(batch, device), mlm_normaliser=masked_count,
@@ -247,14 +254,14 @@ def train(args):
                 training.add_sums(step_sums, losses)
             # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
             step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
-            sums = training.sum_across_processes(step_sums, world_size)  # one all-reduce for every process's sums
+            sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added  # one all-reduce for every process's sums
             if not all(math.isfinite(sums[name]) for name in ("mlm_loss_sum", "itm_loss_sum")):
                 raise ValueError(f"loss is not finite at step {step + 1} ({objective_means(sums)}): training "
                                  f"stopped, last good checkpoint: {last_saved} in {args.out}")
             completed, stopping = step + 1, sums.pop("stop") > 0
             is_last = completed == args.steps
             log_now = completed % args.log_every == 0 or is_last
-            grad_norm = training.gradient_norm(parameters) if log_now else None
+            grad_norm = training.gradient_norm(parameters) if log_now else None  # logged only: no clipping (METER)
             # ---- the update
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

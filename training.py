@@ -587,6 +587,8 @@ def build_fresh_model(args, tokenizer, rank, num_answers=0):
 def check_model_fits(model, tokenizer, args):
     """Refuse a tokenizer or a text length the model cannot take; --image-size becomes the model's."""
     check_vocabulary_fits(tokenizer, model.cfg.vocab_size, "the model")
+    if tokenizer.pad_id != model.cfg.pad_id:  # RoBERTa's positions count from the pad id (model.TextEmbeddings)
+        raise ValueError(f"{tokenizer.source}: [PAD] is id {tokenizer.pad_id}, the model's pad id is {model.cfg.pad_id}")
     if args.max_len > model.cfg.max_positions - 2:
         raise ValueError(f"--max-len {args.max_len} exceeds the {model.cfg.max_positions - 2} text positions of the model")
     args.image_size = model.cfg.image_size

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from load_weights import load_clip, load_meter, load_text
-from model import CONFIGS, Attention, ClipVision, RobertaText, build_model
+from model import CONFIGS, Attention, ClipVision, RobertaText, build_model, no_weight_decay, part_of
 from training import compile_layers, recompute_layers
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test-only oracle; "
@@ -248,14 +248,14 @@ def test_dropout_in_text_and_fusion_not_in_clip():
 
 def test_parts_cover_every_parameter_and_no_decay_rules():
     model = build_model(CFG)
-    parts = {model.part_of(name) for name, _ in model.named_parameters()}
+    parts = {part_of(name) for name, _ in model.named_parameters()}
     assert parts == {"vision", "text", "fusion", "heads"}
-    assert model.part_of("text_layers.0.ffn_in.weight") == "fusion"
-    assert model.part_of("vqa_head.dense.weight") == "heads"
-    assert model.no_weight_decay("vision.embeddings.position_embedding")
-    assert model.no_weight_decay("vqa_head.norm.weight") and model.no_weight_decay("mlm_head.bias")
-    assert not model.no_weight_decay("text.embeddings.word.weight")
-    assert not model.no_weight_decay("text_layers.0.self_attention.query.weight")
+    assert part_of("text_layers.0.ffn_in.weight") == "fusion"
+    assert part_of("vqa_head.dense.weight") == "heads"
+    assert no_weight_decay("vision.embeddings.position_embedding")
+    assert no_weight_decay("vqa_head.norm.weight") and no_weight_decay("mlm_head.bias")
+    assert not no_weight_decay("text.embeddings.word.weight")
+    assert not no_weight_decay("text_layers.0.self_attention.query.weight")
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,

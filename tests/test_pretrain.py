@@ -22,7 +22,7 @@ import demo
 import formats
 import training
 import pretrain
-from model import CONFIGS, build_model, build_optimizer
+from model import CONFIGS, build_model, build_optimizer, no_weight_decay, part_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {"빨간": (220, 30, 30), "파란": (30, 60, 220), "초록": (30, 180, 60), "노란": (230, 210, 30)}
@@ -123,8 +123,8 @@ def test_parameter_groups_multipliers_and_no_decay(caption_set):
     for group in optimizer.param_groups:
         for name in group["names"]:
             seen.add(name)
-            assert model.part_of(name) == group["part"]
-            assert group["weight_decay"] == (0.0 if model.no_weight_decay(name) else 0.01)
+            assert part_of(name) == group["part"]
+            assert group["weight_decay"] == (0.0 if no_weight_decay(name) else 0.01)
         assert group["lr"] == pytest.approx(1e-5 * {"vision": 1, "text": 1, "fusion": 5, "heads": 5}[group["part"]])
     assert seen == {name for name, _ in model.named_parameters()}
     assert {group["part"] for group in optimizer.param_groups} == {"vision", "text", "fusion", "heads"}
