@@ -10,7 +10,7 @@ step consumes. On CUDA it finds the largest micro-batch that fits and projects t
 
     python bench.py --config tiny                          # seconds on a laptop CPU
     python bench.py --config base --batch 2                # the base model on CPU, a few minutes
-    python bench.py --config base --device cuda --dtype bf16 [--compile]   # the README's GPU check
+    python bench.py --config base --device cuda --dtype bf16 [--compile [layers|step]]   # the README's GPU check
     python bench.py --memory --config base                 # activation memory per sample, 224/384/576 px
     python bench.py --data                                 # image loading only, one worker
 """
@@ -34,7 +34,7 @@ from PIL import Image
 import data
 from finetune import FINETUNE_LR_MULTIPLIERS, vqa_losses
 from model import CONFIGS, build_model, build_optimizer
-from training import compile_layers, recompute_layers
+from training import COMPILE_MODES, Objective, compile_layers, compile_step, recompute_layers
 from pretrain import (PRETRAIN_LR_MULTIPLIERS, add_pretrain_targets, objective_means, pretrain_losses,
                       pretrain_losses_two_pass)
 
@@ -201,11 +201,11 @@ def vqa_batch(cfg, batch_size, device, tokenizer, num_answers, seed=0):
             "targets": targets}
 
 
-def training_step(model, optimizer, losses_function, batch, device, dtype):
-    """One update: forward and backward under the compute dtype, then AdamW."""
+def training_step(objective, optimizer, batch, device, dtype):
+    """One update: forward and backward of objective(batch) under the compute dtype, then AdamW."""
     def run():
         with autocast(device, dtype):
-            losses = losses_function(model, batch)
+            losses = objective(batch)
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -296,7 +296,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                         help="compute dtype: bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every transformer layer first")
+    parser.add_argument("--compile", nargs="?", const="layers", choices=COMPILE_MODES, help="torch.compile every "
+                        "transformer layer (layers, what a bare --compile means) or each training step whole (step), "
+                        "as the training scripts' --compile does")
     parser.add_argument("--recompute", action="store_true", help="recompute layer activations in the backward pass")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 10 CUDA, 3 CPU)")
     parser.add_argument("--vqa-batch", type=int, default=None, help="large VQA inference batch (default 64/256)")
@@ -344,21 +346,32 @@ def main(argv=None):
     def prepared(model):
         if args.recompute:
             recompute_layers(model)
-        if args.compile:
+        if args.compile == "layers":
             compile_layers(model)
         return model.to(device).train()
+
+    def training_objective(model, losses_function):
+        """The model and its losses as the training scripts call them; with --compile step, compiled whole."""
+        objective = Objective(model, losses_function)
+        return compile_step(objective) if args.compile == "step" else objective
 
     model = prepared(build_model(cfg))
     optimizer = build_optimizer(model, 1e-5, PRETRAIN_LR_MULTIPLIERS)
     tokenizer = synthetic_tokenizer(cfg.vocab_size, tempfile.mkdtemp())
+    pretraining = training_objective(model, pretrain_losses)
 
     def pretraining_step(batch_size):
-        return training_step(model, optimizer, pretrain_losses,
-                             synthetic_batch(cfg, batch_size, args.max_len, device, tokenizer), device, dtype)
+        return training_step(pretraining, optimizer, synthetic_batch(cfg, batch_size, args.max_len, device, tokenizer),
+                             device, dtype)
 
+    started = time.perf_counter()  # to the end of the first step at the benchmark's batch: --compile compiles there
     batch_size = args.batch or (largest_batch(pretraining_step, device) if on_cuda
                                 else 2 if args.config == "base" else 64)
     batch = synthetic_batch(cfg, batch_size, args.max_len, device, tokenizer)
+    step = training_step(pretraining, optimizer, batch, device, dtype)
+    step()
+    synchronize(device)
+    first_step_seconds = time.perf_counter() - started
     masked_tokens = (batch["mlm_labels"] != -100).sum().item() / batch_size
 
     # identical losses: both ways on the same weights, without dropout and in fp32
@@ -372,17 +385,16 @@ def main(argv=None):
     print(f"Ko-METER bench: config {args.config}, batch {batch_size}, image {cfg.image_size} px, "
           f"text {args.max_len} tokens, {device.type} "
           f"({torch.cuda.get_device_name(device) if on_cuda else f'{torch.get_num_threads()} threads'}), "
-          f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}{', compiled' if args.compile else ''}"
+          f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}{f', compiled {args.compile}' if args.compile else ''}"
           f"{', recomputed' if args.recompute else ''}, torch {torch.__version__}")
     ceiling = matmul_ceiling(device, dtype)
     ceiling_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = median_seconds(training_step(model, optimizer, pretrain_losses, batch, device, dtype), device,
-                             repeats, warmup)
+    seconds = median_seconds(step, device, repeats, warmup)
     memory = peak_memory_gib(device)
-    meter_seconds = median_seconds(training_step(model, optimizer, pretrain_losses_two_pass, batch, device, dtype),
-                                   device, repeats, warmup)
+    meter_step = training_step(training_objective(model, pretrain_losses_two_pass), optimizer, batch, device, dtype)
+    meter_seconds = median_seconds(meter_step, device, repeats, warmup)
 
     flops = 3 * forward_flops(cfg, args.max_len, masked_tokens)  # backward = twice the forward
     meter_flops = 3 * forward_flops(cfg, args.max_len, masked_tokens, image_passes=2, mlm_everywhere=True)
@@ -394,6 +406,8 @@ def main(argv=None):
         ("pretraining step, METER's way (two passes)", f"{rate(batch_size / meter_seconds)} samples/s",
          f"{meter_seconds * 1e3:,.0f} ms/step", f"speed-up {meter_seconds / seconds:.2f}x"),
         ("losses of the two ways", f"max difference {loss_difference:.1e}", "", ""),
+        ("batch search and first pretraining step" if on_cuda and not args.batch else "first pretraining step",
+         f"{first_step_seconds:,.1f} s", "compilation included" if args.compile else "", ""),
         ("model FLOPs per pretraining sample", f"{flops / 1e9:,.1f} GFLOP",
          f"METER's way {meter_flops / 1e9:,.1f} GFLOP", ""),
         ("achieved, pretraining", f"{achieved / 1e12:,.3f} TFLOP/s",
@@ -403,16 +417,17 @@ def main(argv=None):
         hours = 40000 * 256 / samples_per_s / 3600
         rows.append(("paper's pretraining, 256 x 40,000 steps", f"projected {hours:.1f} h",
                      f"micro-batch {batch_size}, {math.ceil(256 / batch_size)} per step", ""))
-    del model, optimizer, batch
+    del model, optimizer, batch, pretraining, step, meter_step
 
     num_answers = 3811
     vqa_cfg = replace(cfg, image_size=args.vqa_size if args.config == "base" else cfg.image_size, num_answers=num_answers)
     vqa_model = prepared(build_model(vqa_cfg))
     vqa_optimizer = build_optimizer(vqa_model, 5e-6, FINETUNE_LR_MULTIPLIERS)
+    vqa_objective = training_objective(vqa_model, vqa_losses)
 
     def vqa_step(size):
-        return training_step(vqa_model, vqa_optimizer, vqa_losses,
-                             vqa_batch(vqa_cfg, size, device, tokenizer, num_answers), device, dtype)
+        return training_step(vqa_objective, vqa_optimizer, vqa_batch(vqa_cfg, size, device, tokenizer, num_answers),
+                             device, dtype)
 
     vqa_train_batch = largest_batch(vqa_step, device) if on_cuda else (1 if args.config == "base" else 32)
     vqa_step_seconds = median_seconds(vqa_step(vqa_train_batch), device, repeats, warmup)

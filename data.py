@@ -16,10 +16,8 @@ Choices where the papers are silent:
 - Masking never picks a special token ([UNK] included). A batch that would get no masked token at all gets
   one random word masked, so the MLM loss stays defined.
 - RandAugment runs on the decoded picture before resize and crop (as METER's does), magnitude M on the
-  usual 0..30 scale (level = M / 30): Rotate 30 deg x level, Shear 0.3 x level, Translate 0.45 x level of
-  the side, Posterize 8 - round(4 x level) bits, Solarize at 256 - 256 x level, SolarizeAdd +110 x level
-  below 128, Color/Contrast/Brightness/Sharpness 1 +- 0.9 x level; geometric and enhancement operations take
-  a random sign; uncovered area is grey (128, 128, 128).
+  usual 0..30 scale (level = M / 30); each operation's strength at level 1 is in RandAugment.OPERATIONS;
+  geometric and enhancement operations take a random sign; uncovered area is grey.
 """
 
 import random
@@ -211,11 +209,11 @@ class RandAugment:
 # 3. Pretraining targets: MLM masks and ITM pairs
 
 
-def mask_tokens(input_ids, tokenizer, generator, probability=0.15, whole_word=True):
+def mask_tokens(input_ids, tokenizer, generator, probability=0.15):
     """(masked_ids, labels) for MLM: words are selected with `probability`; each selected token
     becomes [MASK] (80%), a random non-special id (10%) or stays (10%); labels -100 elsewhere.
 
-    A word is a piece plus its following "##" pieces (whole_word) or every single piece. Worked example:
+    A word is a piece plus its following "##" pieces (whole-word masking). Worked example:
         tokens       [CLS]  빨간  ##색   원   [SEP] [PAD]
         starts         0     1     0     1     0     0     (candidates: not special)
         word_index     0     1     1     2     2     2     (cumsum of starts: the word each token belongs to)
@@ -225,7 +223,7 @@ def mask_tokens(input_ids, tokenizer, generator, probability=0.15, whole_word=Tr
     """
     batch, length = input_ids.shape
     candidates = ~tokenizer.special[input_ids]                                     # [B, T]
-    starts = tokenizer.word_starts(input_ids) & candidates if whole_word else candidates
+    starts = tokenizer.word_starts(input_ids) & candidates                        # [B, T]
     word_index = torch.cumsum(starts.long(), dim=1)                                # [B, T], 0 before word 1
     start_drawn = starts & (torch.rand(input_ids.shape, generator=generator) < probability)
     word_chosen = torch.zeros((batch, length + 1), dtype=torch.long)              # [B, T + 1]: at most T words

@@ -61,11 +61,6 @@ FINETUNE_DEMO_DEFAULTS = {
     "augment": "safe",
 }
 AUGMENT_OPERATIONS = {"all": data.RandAugment.ALL_OPS, "safe": data.RandAugment.SAFE_FOR_COLOUR_AND_COUNT, "none": ()}
-CURVE_PANELS = [
-    ("loss", [("train BCE x answers", "train", "loss")], None),
-    ("accuracy", [("train VQA score", "train", "vqa_score"), ("dev accuracy", "dev", "accuracy"),
-                  ("dev VQA score", "dev", "vqa_score")], 1.0),
-]
 
 
 def parse_args(argv=None):
@@ -285,7 +280,7 @@ def train(args):
                 checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
                     "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch,
                     "history": history, "best_accuracy": best_accuracy}, extra_files)
-                training.draw_curves(metrics.read(), os.path.join(args.out, "curves.png"), CURVE_PANELS)
+                training.draw_curves(metrics.read(), os.path.join(args.out, "curves.png"))
                 last_saved = f"step {completed}"
             if stopping:
                 training.stop_after_signal(stop_signal.requested, completed, args, rank)

@@ -23,11 +23,12 @@ import sys
 from dataclasses import dataclass, field, fields, replace
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from checkpoints import atomic_path
-from model import MeterConfig, TextEmbeddings, build_model, count_parameters, resize_position_embedding
+from model import MeterConfig, TextEmbeddings, build_model, count_parameters
 
 
 # -----------------------------------------------------------------------------
@@ -292,6 +293,19 @@ def config_from_metadata(metadata: dict, path) -> MeterConfig:
 
 # -----------------------------------------------------------------------------
 # Applying a table: build the complete new state first, then load it in one step.
+
+def resize_position_embedding(position_embedding, num_patches: int):
+    """[1+N, W] -> [1+M, W]: keep the class row, bicubic-resize the sqrt(N) x sqrt(N) grid of patch rows."""
+    old_side, new_side = math.isqrt(position_embedding.shape[0] - 1), math.isqrt(num_patches)
+    if old_side == new_side:
+        return position_embedding
+    class_row, grid = position_embedding[:1], position_embedding[1:]
+    width = grid.shape[1]
+    grid = grid.reshape(1, old_side, old_side, width).permute(0, 3, 1, 2)  # [N, W] -> [1, W, side, side]
+    grid = F.interpolate(grid.float(), size=(new_side, new_side), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_side * new_side, width)  # [1, W, side', side'] -> [M, W]
+    return torch.cat([class_row, grid.to(position_embedding.dtype)], dim=0)
+
 
 def apply_table(module: torch.nn.Module, state: dict, table: list, source, layout: str,
                 optional: set[str] = frozenset()) -> LoadReport:

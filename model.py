@@ -38,7 +38,7 @@ import torch.nn.functional as F
 class MeterConfig:
     arch: str = "meter"            # "meter": two streams + co-attention; "vilt": one stream (ViLT, Kim et al. 2021)
     # vision encoder: CLIP ViT-B/16
-    image_size: int = 224          # input side in pixels; position rows are resized when a checkpoint differs
+    image_size: int = 224          # input side in pixels; load_weights.py resizes position rows to fit it
     patch_size: int = 16           # each patch_size x patch_size square of pixels becomes one token
     vision_width: int = 768        # CLIP ViT-B token width
     vision_layers: int = 11        # METER keeps only the first 11 of CLIP's 12 blocks
@@ -180,19 +180,6 @@ class ClipVision(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.post_norm(x)
-
-
-def resize_position_embedding(position_embedding, num_patches: int):
-    """[1+N, W] -> [1+M, W]: keep the class row, bicubic-resize the sqrt(N) x sqrt(N) grid of patch rows."""
-    old_side, new_side = math.isqrt(position_embedding.shape[0] - 1), math.isqrt(num_patches)
-    if old_side == new_side:
-        return position_embedding
-    class_row, grid = position_embedding[:1], position_embedding[1:]
-    width = grid.shape[1]
-    grid = grid.reshape(1, old_side, old_side, width).permute(0, 3, 1, 2)  # [N, W] -> [1, W, side, side]
-    grid = F.interpolate(grid.float(), size=(new_side, new_side), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_side * new_side, width)  # [1, W, side', side'] -> [M, W]
-    return torch.cat([class_row, grid.to(position_embedding.dtype)], dim=0)
 
 
 # -----------------------------------------------------------------------------

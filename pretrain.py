@@ -55,12 +55,6 @@ PRETRAIN_DEMO_DEFAULTS = {
 }
 HELD_OUT_SHARE = 0.02  # share of the images kept out of training for the validation curves
 HELD_OUT_MAX_IMAGES = 1000
-CURVE_PANELS = [
-    ("loss", [("MLM train", "train", "mlm_loss"), ("MLM val", "val", "mlm_loss"),
-              ("ITM train", "train", "itm_loss"), ("ITM val", "val", "itm_loss")], None),
-    ("accuracy", [("MLM train", "train", "mlm_acc"), ("MLM val", "val", "mlm_acc"),
-                  ("ITM train", "train", "itm_acc"), ("ITM val", "val", "itm_acc")], 1.0),
-]
 
 
 def parse_args(argv=None):
@@ -277,7 +271,7 @@ def train(args):
             if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
                 checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
                     "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, [tokenizer_copy])
-                training.draw_curves(metrics.read(), os.path.join(args.out, "curves.png"), CURVE_PANELS)
+                training.draw_curves(metrics.read(), os.path.join(args.out, "curves.png"))
                 last_saved = f"step {completed}"
             if stopping:
                 training.stop_after_signal(stop_signal.requested, completed, args, rank)

@@ -48,6 +48,7 @@ from load_weights import initialise_encoders
 from model import CONFIGS, PostNormLayer, PreNormBlock, build_model
 
 WARMUP_SHARE = 0.1
+COMPILE_MODES = ["layers", "step"]  # --compile's: every transformer layer, or the whole forward pass and losses
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +85,9 @@ def add_training_flags(parser, defaults, demo_defaults):
     parser.add_argument("--dtype", choices=["bf16", "fp32"], help="compute dtype: bf16 autocast or plain fp32 "
                         "(default: bf16 on CUDA, fp32 on CPU); weights, optimizer state and losses stay fp32")
     parser.add_argument("--workers", type=int, help=f"data loading processes {default_text('workers')}")
-    parser.add_argument("--compile", action="store_true", help="compile every transformer layer with torch.compile")
+    parser.add_argument("--compile", nargs="?", const="layers", choices=COMPILE_MODES, help="torch.compile every "
+                        "transformer layer (layers, what a bare --compile means) or the whole step: the forward pass "
+                        "and the losses as one graph, its backward pass compiled with it (step)")
     parser.add_argument("--recompute", action="store_true", help="recompute each layer's activations in the "
                         "backward pass instead of keeping them: about a third more compute, far less memory")
     parser.add_argument("--max-bad-share", type=float, default=0.05,
@@ -268,15 +271,31 @@ class Objective(torch.nn.Module):
 
 def wrap_objective(model, losses, args, world_size, device):
     """The module the loop calls: Objective, its layers recomputed in the backward pass with --recompute and
-    compiled with --compile, inside DistributedDataParallel when there are processes."""
+    compiled with --compile layers, inside DistributedDataParallel when there are processes, and all of it
+    compiled with --compile step."""
     if args.recompute:
         recompute_layers(model)
-    if args.compile:
+    if args.compile == "layers":
         compile_layers(model)
     objective = Objective(model, losses)
-    if world_size == 1:
-        return objective
-    return torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+    if world_size > 1:
+        device_ids = [device] if device.type == "cuda" else None
+        objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=device_ids)
+    return compile_step(objective) if args.compile == "step" else objective
+
+
+def compile_step(objective):
+    """torch.compile the whole Objective: the model's forward pass and the losses as one graph, and their backward
+    pass compiled from it by AOTAutograd. Under DDP it compiles the DDP module, PyTorch's supported way, which
+    splits the graph at the gradient buckets so that all-reduces still overlap the backward pass.
+
+    PyTorch's automatic dynamic shapes: the first step compiles for its text length and MLM normaliser, the
+    first one that differs compiles once more with them dynamic, and every later step reuses that. (dynamic=True,
+    every size dynamic from the start, fails in inductor on the symbolic image size with torch 2.13.)"""
+    # the MLM logits are taken at the masked tokens only, a size the data decides: traced as a size of its own
+    # rather than breaking the step into three graphs there
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    return torch.compile(objective)
 
 
 def compile_layers(model):
@@ -303,7 +322,8 @@ def backward(objective, loss, world_size, last_micro_batch):
     averaged per micro-batch). DDP averages over processes where we need the sum, hence the factor; and it
     all-reduces only on the step's last micro-batch (nanoGPT's require_backward_grad_sync)."""
     if world_size > 1:
-        objective.require_backward_grad_sync = last_micro_batch
+        # with --compile step the DDP module is inside torch.compile's wrapper: the flag is DDP's own
+        getattr(objective, "_orig_mod", objective).require_backward_grad_sync = last_micro_batch
         loss = loss * world_size
     loss.backward()
 
@@ -483,13 +503,30 @@ def named_values(means):
     return " | ".join(f"{name} {value:.4f}" for name, value in means.items())
 
 
-def draw_curves(records, image_path, panels):
+def curve_panels(records):
+    """What draw_curves shows of metrics.jsonl: the losses in one chart, and the accuracies and VQA scores
+    (overall, not per answer type) in another on a 0..1 axis; one line per (split, name), in the order met."""
+    series = {"loss": [], "accuracy": []}
+    for row in records:
+        split = row.get("split", "train")
+        for name in row:
+            if " " in name:  # a per-type accuracy ("숫자 accuracy")
+                continue
+            panel = "loss" if name.endswith("loss") else "accuracy" if name.endswith(("acc", "accuracy", "score")) \
+                else None
+            if panel and (f"{name} ({split})", split, name) not in series[panel]:
+                series[panel].append((f"{name} ({split})", split, name))
+    return [("loss", series["loss"], None), ("accuracy", series["accuracy"], 1.0)]
+
+
+def draw_curves(records, image_path, panels=None):
     """Training curves in the manner of the paper's Figure 2, drawn with Pillow.
 
-    records: metrics rows; panels: [(title, [(label, split, key), ...], y_max or None), ...], one chart
-    per panel, one line per (split, key) series against "step"; the y axis starts at 0 and ends at
-    y_max (1 for accuracies) or at the largest value. The legend goes in the upper right corner, or the
-    lower right one when the curves end high."""
+    records: metrics rows; panels: [(title, [(label, split, key), ...], y_max or None), ...] (default:
+    curve_panels), one chart per panel, one line per (split, key) series against "step"; the y axis starts at
+    0 and ends at y_max (1 for accuracies) or at the largest value. The legend goes in the upper right corner,
+    or the lower right one when the curves end high."""
+    panels = panels or curve_panels(records)
     panel_width, panel_height, margin = 520, 360, 56
     image = Image.new("RGB", (panel_width * len(panels), panel_height), "white")
     draw = ImageDraw.Draw(image)

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 from checkpoints import save_model
 from load_weights import (clip_table, initialise_encoders, load_clip, load_meter, load_text, meter_table,
-                          roberta_table)
-from model import CONFIGS, ClipVision, build_model, resize_position_embedding
+                          resize_position_embedding, roberta_table)
+from model import CONFIGS, ClipVision, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = replace(CONFIGS["tiny"], image_size=32, num_answers=5, vocab_size=60)

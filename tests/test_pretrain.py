@@ -2,11 +2,14 @@
 the lr schedule, parameter groups, gradient accumulation, exact resume, data parallelism,
 stopping on a non-finite loss, the vocabulary check, metrics and curves."""
 
+import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,6 +153,50 @@ def test_micro_batches_add_up_to_the_full_batch(caption_set):
         pretrain.pretrain_losses(model, half, masked_count, 8)["loss"].backward()
     for name, gradient in gradients(model).items():
         torch.testing.assert_close(gradient, full_gradients[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_step_matches_eager(caption_set, monkeypatch):
+    """--compile step: a training step's losses and gradients equal eager ones within 1e-5, dropout included
+    (with inductor's fallback_random the compiled step draws its masks as eager does). The first batch compiles
+    the step for its sizes; the second, with another text length and another count of masked tokens, compiles it
+    once more with them dynamic; the third, with other counts again, must run that without compiling."""
+    tokenizer = data.Tokenizer.load(caption_set["tokenizer"])
+    cfg = dataclasses.replace(CONFIGS["tiny"], vocab_size=tokenizer.vocab_size, vision_layers=1, text_layers=1,
+                              fusion_layers=1)  # one layer of each kind: a short compilation
+    torch.manual_seed(0)
+    eager, compiled = build_model(cfg).train(), build_model(cfg).train()
+    compiled.load_state_dict(eager.state_dict())
+    flags = argparse.Namespace(recompute=False, compile="step")
+    objectives = {eager: training.Objective(eager, pretrain.pretrain_losses),
+                  compiled: training.wrap_objective(compiled, pretrain.pretrain_losses, flags, 1, torch.device("cpu"))}
+    # compile_step sets this for the whole process: put it back for the tests that follow
+    monkeypatch.setattr(torch._dynamo.config, "capture_dynamic_output_shape_ops", False)
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    dataset = data.CaptionDataset(formats.read_captions(caption_set["captions"], caption_set["images"]), cfg.image_size)
+    lengths, masked_counts = set(), set()
+    for number, (seed, indices) in enumerate([(0, range(8)), (2, range(1, 16, 2)), (3, range(0, 16, 2))]):
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", number == 2)
+        batch = data.collate_captions([dataset[index] for index in indices], tokenizer, 16)
+        batch = pretrain.add_pretrain_targets(batch, tokenizer, torch.Generator().manual_seed(seed))
+        masked_count = float((batch["mlm_labels"] != -100).sum())
+        lengths.add(batch["input_ids"].shape[1])
+        masked_counts.add(masked_count)
+        results = {}
+        for model, objective in objectives.items():
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(seed)  # the same dropout masks in both
+            losses = objective(batch, mlm_normaliser=masked_count, itm_normaliser=8)
+            losses["loss"].backward()
+            results[model] = losses, gradients(model)
+        for name, value in results[eager][0].items():
+            torch.testing.assert_close(results[compiled][0][name], value.detach(), rtol=1e-5, atol=1e-5)
+        assert results[compiled][1].keys() == results[eager][1].keys()
+        for name, gradient in results[eager][1].items():
+            torch.testing.assert_close(results[compiled][1][name], gradient, rtol=1e-5, atol=1e-5)
+    assert len(lengths) == 2 and len(masked_counts) == 3
 
 
 def test_resume_after_a_crash_is_exact(caption_set, tmp_path, monkeypatch, single_thread):
