@@ -16,7 +16,6 @@ step consumes. On CUDA it finds the largest micro-batch that fits and projects t
 """
 
 import argparse
-import contextlib
 import math
 import os
 import subprocess
@@ -34,6 +33,7 @@ from PIL import Image
 import data
 from finetune import FINETUNE_LR_MULTIPLIERS, vqa_losses
 from model import CONFIGS, build_model, build_optimizer
+import training
 from training import COMPILE_MODES, Objective, compile_layers, compile_step, recompute_layers
 from pretrain import (PRETRAIN_LR_MULTIPLIERS, add_pretrain_targets, objective_means, pretrain_losses,
                       pretrain_losses_two_pass)
@@ -183,12 +183,6 @@ def rate(value):
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def autocast(device, dtype):
-    if dtype == torch.bfloat16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 # -----------------------------------------------------------------------------
 # Training steps on synthetic batches, and the largest micro-batch that fits.
 
@@ -204,7 +198,7 @@ def vqa_batch(cfg, batch_size, device, tokenizer, num_answers, seed=0):
 def training_step(objective, optimizer, batch, device, dtype):
     """One update: forward and backward of objective(batch) under the compute dtype, then AdamW."""
     def run():
-        with autocast(device, dtype):
+        with training.autocast(device, "bf16" if dtype == torch.bfloat16 else "fp32"):
             losses = objective(batch)
         losses["loss"].backward()
         optimizer.step()
@@ -446,7 +440,7 @@ def main(argv=None):
         inputs = synthetic_batch(vqa_cfg, size, 16, device, tokenizer)
 
         def answer():
-            with torch.no_grad(), autocast(device, dtype):
+            with torch.no_grad(), training.autocast(device, "bf16" if dtype == torch.bfloat16 else "fp32"):
                 vqa_model.vqa_head(vqa_model(inputs["pixels"], inputs["input_ids"], inputs["attention_mask"])
                                    ["cls_feats"])
         vqa_seconds = median_seconds(answer, device, repeats, warmup=1)

@@ -185,6 +185,14 @@ def load_checkpoint(out_dir, model, optimizer):
     return state
 
 
+def resume(args, model, optimizer):
+    """--resume: restore the checkpoint in --out into the model and optimizer, refusing a changed recipe;
+    returns the training state (step, and what the script saved beside it)."""
+    state = load_checkpoint(args.out, model, optimizer)
+    check_resume_args(args, state["args"])
+    return state
+
+
 def check_resume_args(args, saved_args):
     """Resuming is exact only with the same recipe: refuse a changed flag."""
     for name in RESUME_MUST_MATCH:

@@ -5,10 +5,10 @@ Second stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.
   2. CLIP's image preprocessing (resize the short side, center crop, normalise) and RandAugment;
   3. pretraining targets: whole-word MLM masking and ITM pairs, half of them matched (METER §4);
   4. caption and VQA datasets and their collates, the answer vocabulary, soft scores and the dev split.
-Reading the AIHub files into entries is formats.py's job; the synthetic demo set is demo.py's.
+Reading the AIHub files into entries is formats.py's job; the synthetic demo set is demo_data.py's.
 
     python -c "import data; print(data.Tokenizer.load('demo_data/tokenizer.json').encode(['빨간색 원이 있다.'], 40))"
-    # after python demo.py (1 s on CPU)
+    # after python demo_data.py --out demo_data (1 s on CPU)
 
 Choices where the papers are silent:
 - Tokenizer: [CLS] and [SEP] are added here, not by the file's post-processor, so tokenizer.json and vocab.txt
@@ -20,6 +20,7 @@ Choices where the papers are silent:
   geometric and enhancement operations take a random sign; uncovered area is grey.
 """
 
+import os
 import random
 import sys
 from collections import Counter
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from formats import SPECIAL_TOKENS, open_rgb, read_tokenizer  # image files of every kind; tokenizer files
+from image_files import open_rgb  # image files of every kind -> RGB
+from tokenizer_files import SPECIAL_TOKENS, read_tokenizer  # tokenizer.json or vocab.txt
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -40,7 +42,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class Tokenizer:
     """A WordPiece tokenizer with KLUE's special tokens, on top of the `tokenizers` library. Reading
-    tokenizer.json or vocab.txt is formats.read_tokenizer's job; this class adds [CLS] and [SEP], pads, and
+    tokenizer.json or vocab.txt is tokenizer_files.read_tokenizer's job; this class adds [CLS] and [SEP], pads, and
     knows which ids are special and which pieces continue a word (what MLM masking needs)."""
 
     def __init__(self, backend, source):
@@ -267,7 +269,7 @@ def itm_pairs(image_ids, generator):
 # ----------------------------------------------------------------------------------------------
 # 4. Datasets and collates: captions for pretraining, questions with soft-score targets for VQA
 #
-# The entries that formats.py reads are a formats.Entries: rows in columns rather than one dict per question (a
+# The entries that formats.py reads are a columns.Entries: rows in columns rather than one dict per question (a
 # million questions take megabytes, shared by the DataLoader workers). entries[i] is entry i as a dict; the
 # rest works on whole columns: answer_counts() {answer: count}, any_answer(values) and matching(field, test)
 # give boolean masks [N], distinct(field) the sorted values, column("image") a number per image file, and
@@ -382,13 +384,11 @@ def collate_vqa(items, tokenizer, max_len):
             "indices": torch.tensor([item["index"] for item in items])}
 
 
-if __name__ == "__main__":  # the old spellings of two commands that moved off the reading path
-    if sys.argv[1:2] == ["demo"]:
-        import demo
-        demo.main(sys.argv[2:])
-    elif sys.argv[1:2] == ["check"]:
-        import formats
-        formats.main(sys.argv[1:])
-    else:
-        sys.exit("data.py has no commands of its own: 'python demo.py' makes the demo set, "
-                 "'python formats.py check' checks a data set, 'python bench.py --data' times image loading")
+COMMANDS_ELSEWHERE = {"demo": "demo_data.py", "check": "check.py"}  # the older spellings of two commands
+
+if __name__ == "__main__":  # data.py is read, not run: hand the two older commands to the files that hold them
+    if sys.argv[1:2] and sys.argv[1] in COMMANDS_ELSEWHERE:
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), COMMANDS_ELSEWHERE[sys.argv[1]])
+        os.execv(sys.executable, [sys.executable, script, *sys.argv[2:]])
+    print("data.py has no commands of its own: 'python demo_data.py --out DIR' (or 'data.py demo') writes the demo "
+          "set, 'python check.py --vqa F --images DIR' (or 'data.py check') checks a data set.")

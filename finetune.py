@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 
 import checkpoints
+import check
 import data
-import demo
 import formats
 import report
 import training
-from load_weights import load_meter
+from load_weights import build_fresh_model, check_model_fits, load_meter
 from model import build_optimizer
 
 # The recipe: METER's VQA multipliers (the new head learns 50x faster than the encoders) and defaults.
@@ -55,18 +55,17 @@ FINETUNE_DEFAULTS = {
     "log_every": 50, "eval_every": None, "save_every": 1000, "out": "finetune_out", "workers": 4,
     "augment": "all",
 }  # the image size is the model's (224) unless --image-size: the paper's run passes 384
-FINETUNE_DEMO_DEFAULTS = {
-    "config": "tiny", "batch": 32, "steps": 300, "lr": 1e-4, "max_len": 40,
-    "log_every": 25, "eval_every": None, "save_every": 300, "out": "out/finetune_demo", "workers": 0,
-    "augment": "safe",
+FINETUNE_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
+    "config": "tiny", "batch": 32, "steps": 300, "lr": 1e-4,
+    "log_every": 25, "save_every": 300, "out": "out/finetune_demo", "workers": 0, "augment": "safe",
 }
 AUGMENT_OPERATIONS = {"all": data.RandAugment.ALL_OPS, "safe": data.RandAugment.SAFE_FOR_COLOUR_AND_COUNT, "none": ()}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Ko-METER VQA fine-tuning.")
-    demo.add_demo_flags(parser, "fine-tune the tiny config on the demo set: with and without pretraining and "
-                        "ViLT, at equal steps, and print the paper's tables", seeds=True)
+    training.add_demo_flags(parser, "fine-tune the tiny config on the demo set: with and without pretraining and "
+                            "ViLT, at equal steps, and print the paper's tables (demo.py)", seeds=True)
     parser.add_argument("--train", help="training questions: an AIHub VQA label file or folder, or JSONL")
     parser.add_argument("--dev", help="dev questions (default: carve --dev-size questions out of --train by image)")
     parser.add_argument("--dev-size", type=int, default=3000, help="dev questions carved from --train when --dev "
@@ -81,10 +80,7 @@ def parse_args(argv=None):
                         help="RandAugment operations on training images: all (METER's), safe (keeps colours, "
                         "counts and positions) or none (default: all; with --demo: safe)")
     training.add_training_flags(parser, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS)
-    args = training.parse_flags(parser, argv, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS,
-                                required=("train", "images", "tokenizer"))
-    args.eval_every = args.eval_every or math.ceil(args.steps / 3)  # the paper's table: thirds of the run
-    return args
+    return training.parse_flags(parser, argv, required=("train", "images", "tokenizer"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,8 +161,8 @@ def build_finetune_model(args, tokenizer, num_answers, rank):
         model = load_meter(checkpoints.resolve_checkpoint(args.pretrained), image_size=args.image_size,
                            num_answers=num_answers, verbose=rank == 0)
     else:
-        model = training.build_fresh_model(args, tokenizer, rank, num_answers)
-    training.check_model_fits(model, tokenizer, args)
+        model = build_fresh_model(args, tokenizer, rank, num_answers)
+    check_model_fits(model, tokenizer, args.max_len)
     model.mlm_head.requires_grad_(False)
     model.itm_head.requires_grad_(False)
     return model
@@ -174,9 +170,9 @@ def build_finetune_model(args, tokenizer, num_answers, rank):
 
 def read_questions(args, rank):
     """(train, dev) usable entries; dev is carved out of train by image when --dev is not given."""
-    train_entries = formats.read_usable(formats.read_vqa(args.train, args.images), args.max_bad_share, rank)
+    train_entries = check.read_usable(formats.read_vqa(args.train, args.images), args.max_bad_share, rank)
     if args.dev:
-        return train_entries, formats.read_usable(formats.read_vqa(args.dev, args.images), args.max_bad_share, rank)
+        return train_entries, check.read_usable(formats.read_vqa(args.dev, args.images), args.max_bad_share, rank)
     return data.split_dev(train_entries, args.dev_size, args.seed)
 
 
@@ -185,12 +181,10 @@ def read_questions(args, rank):
 
 
 def train(args):
-    # Set-up. Four calls fill in flags left unset: setup_processes --dtype (bf16 on CUDA), check_batch_sizes
-    # --micro-batch, use_demo_data the data flags of --demo, check_model_fits --image-size (the model's).
-    rank, world_size, device = training.setup_processes(args)
-    accumulation_steps = training.check_batch_sizes(args, world_size)
-    if args.demo:
-        demo.use_demo_data(args, rank, world_size)
+    # ---- set-up: processes, then every flag left unset gets its value, in one visible call
+    rank, world_size, device = training.setup_processes(args.device)
+    args = training.settle_flags(args, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS, rank, world_size, device)
+    accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
     training.claim_output_folder(args, rank)
     tokenizer = data.Tokenizer.load(args.tokenizer)
     train_entries, dev_entries = read_questions(args, rank)
@@ -204,57 +198,57 @@ def train(args):
     model = build_finetune_model(args, tokenizer, len(answer_vocab), rank)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, FINETUNE_LR_MULTIPLIERS)
-    start_step, history, best_accuracy = 0, [], -1.0
-    if args.resume:
-        state = checkpoints.load_checkpoint(args.out, model, optimizer)
-        checkpoints.check_resume_args(args, state["args"])
-        start_step, history, best_accuracy = state["step"], state["history"], state["best_accuracy"]
-        training.say(rank, f"resuming {args.out} at step {start_step}")
+    state = checkpoints.resume(args, model, optimizer) if args.resume else {"step": 0, "history": [], "best_accuracy": -1.0}
+    start_step, history, best_accuracy = state["step"], state["history"], state["best_accuracy"]
     # the losses around the model, as the loop calls them (with --recompute, --compile, and DDP under torchrun)
-    objective = training.wrap_objective(model, vqa_losses, args, world_size, device)
+    objective, ddp = training.wrap_objective(model, vqa_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     collate = functools.partial(data.collate_vqa, tokenizer=tokenizer, max_len=args.max_len)
+    image_size = model.cfg.image_size  # --image-size, else the model's (a pretrained checkpoint's own)
     operations = AUGMENT_OPERATIONS[args.augment]
     augment = data.RandAugment(num_ops=2, magnitude=9, ops=operations) if operations else None
-    train_set = data.VqaDataset(train_entries, answer_vocab, args.image_size, augment=augment, seed=args.seed)
+    train_set = data.VqaDataset(train_entries, answer_vocab, image_size, augment=augment, seed=args.seed)
     loader = iter(training.make_loader(train_set, collate, args, device, start_step, rank, world_size))
-    dev_loader = training.make_loader(data.VqaDataset(dev_entries, answer_vocab, args.image_size), collate, args, device)
+    dev_loader = training.make_loader(data.VqaDataset(dev_entries, answer_vocab, image_size), collate, args, device)
     if rank == 0:
         checkpoints.write_json(answers_path, answer_vocab)
-        extra_files = [checkpoints.copy_tokenizer(tokenizer.source, args.out), answers_path]
-        metrics = training.MetricsLog(os.path.join(args.out, "metrics.jsonl"), start_step if args.resume else None)
-    throughput = training.Throughput(start_step, args.steps, args.batch)
-    logged_sums, last_saved = {}, (f"step {start_step}" if args.resume else "none")
+        saved_files = [checkpoints.copy_tokenizer(tokenizer.source, args.out), answers_path]
+        log = training.RunLog(args, start_step)
+    logged_sums = {}
 
     model.train()
     with training.StopSignal() as stop_signal:
-        for step in training.progress_bar(start_step, args.steps, rank):
+        for step in range(start_step, args.steps):
             lr = training.lr_at(step, args.steps, args.lr)  # set by hand each step, as in pretrain.py
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_multiplier"]
 
-            # ---- forward and backward over this process's micro-batches of the endless, seeded stream
+            # ---- forward and backward over this process's micro-batches of the endless, seeded stream; each
+            # loss is divided by the global batch size, so that they add up to the global mean (see pretrain.py)
             step_sums = {}
             first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
             for index in range(accumulation_steps):
                 # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
                 torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
+                if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
+                    ddp.require_backward_grad_sync = index == accumulation_steps - 1
                 with training.autocast(device, args.dtype):
                     losses = objective(training.to_device(next(loader), device), normaliser=args.batch)
-                # backward; under DDP the gradients are all-reduced on the last micro-batch (training.backward)
-                training.backward(objective, losses.pop("loss"), world_size, index == accumulation_steps - 1)
+                # DDP averages the processes' gradients where the global mean needs their sum: undo its division
+                (losses.pop("loss") * world_size).backward()
                 training.add_sums(step_sums, losses)
             # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
             step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
             sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
             if not math.isfinite(sums["loss_sum"]):
                 raise ValueError(f"loss is not finite at step {step + 1} ({sums['loss_sum']}): training stopped, "
-                                 f"last good checkpoint: {last_saved} in {args.out}")
+                                 f"last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
             completed, stopping = step + 1, sums.pop("stop") > 0
             is_last = completed == args.steps
             log_now = completed % args.log_every == 0 or is_last
             grad_norm = training.gradient_norm(parameters) if log_now else None  # logged only: no clipping (METER)
+
             # ---- the update
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -262,26 +256,18 @@ def train(args):
 
             # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only)
             if rank == 0 and log_now:
-                training.log_step(metrics, completed, args, lr, vqa_means(logged_sums), grad_norm, throughput)
+                log.train_line(completed, lr, vqa_means(logged_sums), grad_norm)
                 logged_sums = {}
             if rank == 0 and (completed % args.eval_every == 0 or is_last):
-                results, predictions = evaluate_vqa(model, dev_loader, dev_entries, answer_vocab, args, device)
-                history.append({"step": completed, **{key: results["overall"][key] for key in ("accuracy", "vqa_score")}})
-                training.log_evaluation(metrics, completed, "dev", dev_means(results))
-                checkpoints.write_json(os.path.join(args.out, "results.json"), {"steps": args.steps, **results,
-                                                                               "history": history})
-                checkpoints.write_jsonl(os.path.join(args.out, "dev_predictions.jsonl"), predictions)
-                if results["overall"]["accuracy"] > best_accuracy:
-                    best_accuracy = results["overall"]["accuracy"]
-                    checkpoints.write_folder(os.path.join(args.out, "best"), model, {
-                        "step": str(completed), "max_len": str(args.max_len)}, extra_files,
-                        json_files={"results.json": {"step": completed, **results}})
+                results = evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, device, completed,
+                                                 history, best_accuracy, saved_files)
+                best_accuracy = max(best_accuracy, results["overall"]["accuracy"])
+                log.eval_line(completed, "dev", dev_means(results))
             if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
                 checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
                     "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch,
-                    "history": history, "best_accuracy": best_accuracy}, extra_files)
-                training.draw_curves(metrics.read(), os.path.join(args.out, "curves.png"))
-                last_saved = f"step {completed}"
+                    "history": history, "best_accuracy": best_accuracy}, saved_files)
+                log.saved(completed)
             if stopping:
                 training.stop_after_signal(stop_signal.requested, completed, args, rank)
     if rank == 0:  # the final model on the dev questions as one page: answers, attention maps, accuracy per type
@@ -293,18 +279,30 @@ def train(args):
     return model
 
 
+def evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, device, step, history, best_accuracy,
+                           saved_files):
+    """Evaluate on the dev questions; write results.json (with the history so far) and dev_predictions.jsonl, and
+    best/ when the accuracy beats `best_accuracy`. Appends to `history`; returns the results."""
+    results, predictions = evaluate_vqa(model, dev_loader, dev_entries, answer_vocab, args, device)
+    history.append({"step": step, **{key: results["overall"][key] for key in ("accuracy", "vqa_score")}})
+    checkpoints.write_json(os.path.join(args.out, "results.json"), {"steps": args.steps, **results, "history": history})
+    checkpoints.write_jsonl(os.path.join(args.out, "dev_predictions.jsonl"), predictions)
+    if results["overall"]["accuracy"] > best_accuracy:
+        checkpoints.write_folder(os.path.join(args.out, "best"), model, {"step": str(step), "max_len": str(args.max_len)},
+                                 saved_files, json_files={"results.json": {"step": step, **results}})
+    return results
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    # --demo alone: the three runs and the paper's tables; --demo with a choice made is one run. The demo and
-    # --seeds call `train` once per run, on argv parsed again with that run's --out, --seed and --pretrained.
+    # --demo alone, or --seeds N: several runs and the paper's tables. demo.py drives those runs (it calls this
+    # file's train), so the command line is handed over to it whole: this file never imports the demo.
     plain_demo = args.demo and not (args.pretrained or args.arch != "meter" or args.resume)
-    if plain_demo:
-        training.run_command(lambda: demo.run_finetune_demo(args, argv, parse_args, train))
-    elif args.seeds > 1:
-        training.run_command(lambda: demo.run_seeds(args, argv, parse_args, train))
-    else:
-        training.run_command(lambda: train(args))
+    if plain_demo or args.seeds > 1:
+        demo_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
+        os.execv(sys.executable, [sys.executable, demo_script, *argv])
+    training.run_command(lambda: train(args))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from checkpoints import atomic_path
-from model import MeterConfig, TextEmbeddings, build_model, count_parameters
+from model import CONFIGS, MeterConfig, TextEmbeddings, build_model, count_parameters
 
 
 # -----------------------------------------------------------------------------
@@ -420,6 +420,54 @@ def load_meter(path, image_size: int | None = None, num_answers: int | None = No
     if verbose:
         print(report.summary())
     return model
+
+
+# -----------------------------------------------------------------------------
+# A fresh model for the training scripts, and the checks that a model fits the tokenizer and the text length.
+
+def check_vocabulary_fits(tokenizer, rows: int, owner: str):
+    """The tokenizer's ids must index the word embeddings: refuse a tokenizer that does not fit."""
+    if rows != tokenizer.vocab_size:
+        raise ValueError(f"{tokenizer.source}: tokenizer vocabulary of {tokenizer.vocab_size} does not fit the "
+                         f"{rows} word embeddings of {owner}")
+
+
+def text_embedding_rows(text_path) -> int:
+    """Number of rows of the word embedding table in a text encoder checkpoint."""
+    with safe_open(text_path, "pt") as file:
+        for key in file.keys():
+            if key.endswith("word_embeddings.weight"):
+                return file.get_slice(key).get_shape()[0]
+    raise ValueError(f"{text_path}: no word_embeddings.weight, not a RoBERTa checkpoint")
+
+
+def build_fresh_model(args, tokenizer, rank: int, num_answers: int = 0):
+    """A --config / --arch model whose vocabulary is the tokenizer's, seeded by --seed; its encoders from
+    --clip / --text when given, else random (warned). A tokenizer that does not fit --text is refused first."""
+    if args.text:
+        if not os.path.exists(args.text):
+            raise FileNotFoundError(f"{args.text}: text encoder checkpoint not found")
+        check_vocabulary_fits(tokenizer, text_embedding_rows(args.text), args.text)
+    config = CONFIGS[args.config]
+    config = replace(config, arch=args.arch, vocab_size=tokenizer.vocab_size, num_answers=num_answers,
+                     image_size=args.image_size or config.image_size)
+    torch.manual_seed(args.seed)
+    model = build_model(config)
+    if args.clip or args.text:
+        initialise_encoders(model, clip_path=args.clip, text_path=args.text, verbose=rank == 0)
+    for flag, path, encoder in [("--clip", args.clip, "image"), ("--text", args.text, "text")]:
+        if path is None and rank == 0:
+            print(f"warning: no {flag}: the {encoder} encoder starts from random weights", file=sys.stderr)
+    return model
+
+
+def check_model_fits(model, tokenizer, max_len: int):
+    """Refuse a tokenizer or a text length the model cannot take."""
+    check_vocabulary_fits(tokenizer, model.cfg.vocab_size, "the model")
+    if tokenizer.pad_id != model.cfg.pad_id:  # RoBERTa's positions count from the pad id (model.TextEmbeddings)
+        raise ValueError(f"{tokenizer.source}: [PAD] is id {tokenizer.pad_id}, the model's pad id is {model.cfg.pad_id}")
+    if max_len > model.cfg.max_positions - 2:
+        raise ValueError(f"--max-len {max_len} exceeds the {model.cfg.max_positions - 2} text positions of the model")
 
 
 # -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from safetensors import safe_open
 import checkpoints
 import data
 import formats
+import image_files
 import report
 from finetune import reference_answer
 from load_weights import load_meter
@@ -85,7 +86,7 @@ class Answerer:
                 raise ValueError(f"{image_path}: the question is empty")
             if not os.path.isfile(image_path):
                 raise FileNotFoundError(f"{image_path}: image not found")
-            problem = formats.image_problem(image_path)
+            problem = image_files.image_problem(image_path)
             if problem:
                 raise ValueError(f"{image_path}: {problem}")
 

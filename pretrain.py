@@ -31,16 +31,16 @@ Choices where the papers are silent:
 import argparse
 import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 import checkpoints
+import check
 import data
-import demo
 import formats
 import training
+from load_weights import build_fresh_model, check_model_fits
 from model import build_optimizer
 
 # The recipe: METER's learning-rate multipliers; the paper's defaults and the laptop demo's.
@@ -49,8 +49,8 @@ PRETRAIN_DEFAULTS = {
     "config": "base", "batch": 256, "steps": 40000, "lr": 1e-5, "max_len": 40,
     "log_every": 50, "eval_every": 2000, "save_every": 2000, "out": "pretrain_out", "workers": 4,
 }
-PRETRAIN_DEMO_DEFAULTS = {
-    "config": "tiny", "batch": 64, "steps": 500, "lr": 2e-4, "max_len": 40,
+PRETRAIN_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
+    "config": "tiny", "batch": 64, "steps": 500, "lr": 2e-4,
     "log_every": 25, "eval_every": 100, "save_every": 250, "out": "out/pretrain_demo", "workers": 0,
 }
 HELD_OUT_SHARE = 0.02  # share of the images kept out of training for the validation curves
@@ -59,14 +59,13 @@ HELD_OUT_MAX_IMAGES = 1000
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Ko-METER pretraining with MLM + ITM.")
-    demo.add_demo_flags(parser, "make the synthetic demo set if missing and pretrain the tiny config on it")
+    training.add_demo_flags(parser, "make the synthetic demo set if missing and pretrain the tiny config on it")
     parser.add_argument("--captions", help="captions: AIHub Korean MSCOCO JSON or JSONL {image, caption}")
     parser.add_argument("--images", help="image root the caption file's paths are relative to")
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
     training.add_encoder_flags(parser)
     training.add_training_flags(parser, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS)
-    return training.parse_flags(parser, argv, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS,
-                                required=("captions", "images", "tokenizer"))
+    return training.parse_flags(parser, argv, required=("captions", "images", "tokenizer"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,10 +122,9 @@ def pretrain_losses(model, batch, mlm_normaliser=None, itm_normaliser=None):
 def losses_from_logits(mlm_logits, mlm_targets, itm_logits, itm_labels, mlm_normaliser, itm_normaliser):
     """The loss to backpropagate and the named sums the logs are made of.
 
-    Each objective's loss is its summed cross-entropy / normaliser. The default normalisers (this batch's
-    counts) give the usual means; the training loop passes the counts of the whole global batch instead, so
-    that the losses of micro-batches and processes add up to the global mean. Logits are cast to fp32 first:
-    a softmax over 32,000 classes in bf16 loses the small probabilities."""
+    Each objective's loss is its summed cross-entropy / normaliser; the default normalisers, this batch's
+    counts, give the usual means (the training loop passes others: see `train`). Logits are cast to fp32
+    first: a softmax over 32,000 classes in bf16 loses the small probabilities."""
     mlm_loss_sum = F.cross_entropy(mlm_logits.float(), mlm_targets, reduction="sum")
     itm_loss_sum = F.cross_entropy(itm_logits.float(), itm_labels, reduction="sum")
     mlm_count, itm_count = float(mlm_targets.numel()), float(itm_labels.numel())
@@ -153,7 +151,7 @@ def objective_means(sums):
 
 def split_held_out(entries, seed):
     """Carve a held-out caption split by image (no image on both sides), from val2014 when there is one."""
-    image_ids = entries.distinct("image_id")  # sorted; entries are formats.Entries (see data.build_answer_vocab)
+    image_ids = entries.distinct("image_id")  # sorted; entries are columns.Entries (see data.py's datasets section)
     in_val = entries.matching("split", lambda split: split.startswith("val"))  # [N] bool
     candidates = entries.select(in_val).distinct("image_id") or image_ids
     # 2% of the images, at least 1, at most 1,000, and never every candidate (one stays in training)
@@ -182,80 +180,79 @@ def evaluate_pretraining(model, loader, tokenizer, args, device):
 
 
 def train(args):
-    # Set-up. Four calls fill in flags left unset: setup_processes --dtype (bf16 on CUDA), check_batch_sizes
-    # --micro-batch, use_demo_data the data flags of --demo, check_model_fits --image-size (the model's).
-    rank, world_size, device = training.setup_processes(args)
-    accumulation_steps = training.check_batch_sizes(args, world_size)
-    if args.demo:
-        demo.use_demo_data(args, rank, world_size)
+    # ---- set-up: processes, then every flag left unset gets its value, in one visible call
+    rank, world_size, device = training.setup_processes(args.device)
+    args = training.settle_flags(args, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS, rank, world_size, device)
+    accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
     training.claim_output_folder(args, rank)
     tokenizer = data.Tokenizer.load(args.tokenizer)
-    entries = formats.read_usable(formats.read_captions(args.captions, args.images), args.max_bad_share, rank)
+    entries = check.read_usable(formats.read_captions(args.captions, args.images), args.max_bad_share, rank)
     train_entries, held_out_entries = split_held_out(entries, args.seed)
     training.say(rank, f"captions: {len(train_entries)} for training, {len(held_out_entries)} held out")
-    model = training.build_fresh_model(args, tokenizer, rank)  # model.build_model, encoders from --clip / --text
-    training.check_model_fits(model, tokenizer, args)
+    model = build_fresh_model(args, tokenizer, rank)  # model.build_model, encoders from --clip / --text
+    check_model_fits(model, tokenizer, args.max_len)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, PRETRAIN_LR_MULTIPLIERS)
-    start_step = 0
-    if args.resume:
-        state = checkpoints.load_checkpoint(args.out, model, optimizer)
-        checkpoints.check_resume_args(args, state["args"])
-        start_step = state["step"]
-        training.say(rank, f"resuming {args.out} at step {start_step}")
+    start_step = checkpoints.resume(args, model, optimizer)["step"] if args.resume else 0
     # the losses around the model, as the loop calls them (with --recompute, --compile, and DDP under torchrun)
-    objective = training.wrap_objective(model, pretrain_losses, args, world_size, device)
+    objective, ddp = training.wrap_objective(model, pretrain_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     collate = functools.partial(data.collate_captions, tokenizer=tokenizer, max_len=args.max_len)
+    image_size = model.cfg.image_size  # --image-size, else the config's
     # training: an endless stream in a seeded order from start_step, this process's share; held out: one pass
-    loader = iter(training.make_loader(data.CaptionDataset(train_entries, args.image_size), collate, args, device,
+    loader = iter(training.make_loader(data.CaptionDataset(train_entries, image_size), collate, args, device,
                                        start_step, rank, world_size))
-    held_out_loader = training.make_loader(data.CaptionDataset(held_out_entries, args.image_size), collate, args, device)
+    held_out_loader = training.make_loader(data.CaptionDataset(held_out_entries, image_size), collate, args, device)
     if rank == 0:
-        tokenizer_copy = checkpoints.copy_tokenizer(tokenizer.source, args.out)
-        metrics = training.MetricsLog(os.path.join(args.out, "metrics.jsonl"), start_step if args.resume else None)
-    throughput = training.Throughput(start_step, args.steps, args.batch)
-    logged_sums, last_saved = {}, (f"step {start_step}" if args.resume else "none")
+        saved_files = [checkpoints.copy_tokenizer(tokenizer.source, args.out)]  # what a checkpoint folder needs
+        log = training.RunLog(args, start_step)
+    logged_sums = {}
 
     model.train()
     with training.StopSignal() as stop_signal:
-        for step in training.progress_bar(start_step, args.steps, rank):
-            # the learning rate of this update, set by hand: warmup then linear decay, times each group's multiplier
+        for step in range(start_step, args.steps):
+            # ---- the learning rate of this update, set by hand: warmup then linear decay, times each group's multiplier
             lr = training.lr_at(step, args.steps, args.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_multiplier"]
 
-            # The loader is an endless, seeded stream of micro-batches (training.make_loader); this process takes
-            # accumulation_steps of them per step. Draw the targets of all of them first: the MLM loss is a mean
-            # over the masked tokens of the whole global batch, so every micro-batch divides by that global count.
+            # ---- the targets of this process's micro-batches (from the endless, seeded stream of the loader)
             first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
             micro_batches = [add_pretrain_targets(next(loader), tokenizer, training.seeded_generator(
                 args.seed, step, first_index + index, "targets")) for index in range(accumulation_steps)]
+            # The loss must be the mean over the whole global batch, however it is cut into micro-batches and
+            # processes. Each micro-batch's loss is therefore its summed cross-entropy divided by a global count:
+            # the MLM loss by the masked tokens of the global batch (counted here, added up over processes),
+            # the ITM loss by the global batch size. Summed over micro-batches and processes, these losses are the
+            # global means, and so are their gradients, added up in .grad by the backward passes.
             masked = sum((batch["mlm_labels"] != -100).sum() for batch in micro_batches).to(device)
             masked_count = max(training.sum_across_processes({"masked": masked}, world_size)["masked"], 1.0)
 
-            # ---- forward and backward, micro-batch by micro-batch; the gradients add up in .grad
+            # ---- forward and backward, micro-batch by micro-batch
             step_sums = {}
             for index, batch in enumerate(micro_batches):
                 # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
                 torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
+                if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
+                    ddp.require_backward_grad_sync = index == accumulation_steps - 1
                 with training.autocast(device, args.dtype):
                     losses = objective(training.to_device(batch, device), mlm_normaliser=masked_count,
-                                       itm_normaliser=args.batch)  # the global batch's counts: see losses_from_logits
-                # backward; under DDP the gradients are all-reduced on the last micro-batch (training.backward)
-                training.backward(objective, losses.pop("loss"), world_size, index == accumulation_steps - 1)
+                                       itm_normaliser=args.batch)
+                # DDP averages the processes' gradients where the global mean needs their sum: undo its division
+                (losses.pop("loss") * world_size).backward()
                 training.add_sums(step_sums, losses)
             # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
             step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
-            sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added  # one all-reduce for every process's sums
+            sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
             if not all(math.isfinite(sums[name]) for name in ("mlm_loss_sum", "itm_loss_sum")):
                 raise ValueError(f"loss is not finite at step {step + 1} ({objective_means(sums)}): training "
-                                 f"stopped, last good checkpoint: {last_saved} in {args.out}")
+                                 f"stopped, last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
             completed, stopping = step + 1, sums.pop("stop") > 0
             is_last = completed == args.steps
             log_now = completed % args.log_every == 0 or is_last
             grad_norm = training.gradient_norm(parameters) if log_now else None  # logged only: no clipping (METER)
+
             # ---- the update
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -263,16 +260,14 @@ def train(args):
 
             # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only)
             if rank == 0 and log_now:
-                training.log_step(metrics, completed, args, lr, objective_means(logged_sums), grad_norm, throughput)
+                log.train_line(completed, lr, objective_means(logged_sums), grad_norm)
                 logged_sums = {}
             if rank == 0 and held_out_entries and (completed % args.eval_every == 0 or is_last):
-                held_out = evaluate_pretraining(model, held_out_loader, tokenizer, args, device)
-                training.log_evaluation(metrics, completed, "val", held_out)
+                log.eval_line(completed, "val", evaluate_pretraining(model, held_out_loader, tokenizer, args, device))
             if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
                 checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
-                    "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, [tokenizer_copy])
-                training.draw_curves(metrics.read(), os.path.join(args.out, "curves.png"))
-                last_saved = f"step {completed}"
+                    "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, saved_files)
+                log.saved(completed)
             if stopping:
                 training.stop_after_signal(stop_signal.requested, completed, args, rank)
     training.release_output_folder(args, rank)

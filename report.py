@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 import checkpoints
 import data
 import formats
+import image_files
 
 EXPLAIN_SIDE = 288     # pixels per panel of an --explain picture: the picture, then its two maps
 MARGIN, GAP = 16, 12   # pixels around and between the panels
@@ -155,7 +156,7 @@ def colour_map(values):
 
 def model_view(image_path, side):
     """The square the model sees (CLIP's resize and center crop), at `side` pixels."""
-    return data.resize_center_crop(formats.open_rgb(image_path, min_side=side), side)
+    return data.resize_center_crop(image_files.open_rgb(image_path, min_side=side), side)
 
 
 def overlay(picture, heat):

@@ -1,9 +1,9 @@
 """The training machinery pretrain.py and finetune.py share: flags, schedule, data order, processes, logs.
 
-Off the reading path: the two training scripts call into this file so that their loops stay one screen
-long. Read it when you need to know how a flag behaves, why a resumed run replays exactly the batches it
-would have seen, how torchrun's processes split a batch, or what is in metrics.jsonl and curves.png.
-Checkpoint files are checkpoints.py's.
+Off the reading path: the two training scripts show their own step (learning rate, forward, backward under
+DDP, update) and call into this file for the rest. Read it when you need to know how a flag gets its value,
+why a resumed run replays exactly the batches it would have seen, how torchrun's processes split a batch, or
+what is in metrics.jsonl. Checkpoint files are checkpoints.py's, the curves curves.py's.
 
     python -c "import training; print([round(training.lr_at(s, 10, 1.0), 2) for s in range(11)])"
 
@@ -13,9 +13,7 @@ Choices where the papers are silent:
   (seed, e)), so no random state needs saving: resuming at step k replays what the uninterrupted run did,
   and K processes with micro-batches of m match one process accumulating K micro-batches of m.
 - Data parallelism is PyTorch's DistributedDataParallel under torchrun, one process per GPU, on one node or
-  several (torchrun --nnodes). Each process backpropagates its share of the global mean loss; DDP averages
-  gradients over processes, so the loss is multiplied by the number of processes first (see `backward`).
-  Gradients are all-reduced only on the last micro-batch of a step, overlapped with its backward pass.
+  several (torchrun --nnodes).
 - The learning-rate schedule is transformers' get_linear_schedule_with_warmup, which METER uses: update 0
   runs at lr 0, the peak is reached after 10% of the updates, then a linear decay to 0.
 - No gradient clipping (METER uses none); the gradient norm is logged.
@@ -23,7 +21,7 @@ Choices where the papers are silent:
   with the command that resumes; data-loading workers ignore both, so the step in flight can finish.
 """
 
-import dataclasses
+import argparse
 import functools
 import hashlib
 import json
@@ -36,33 +34,31 @@ import time
 
 import torch
 import torch.distributed as distributed
-from PIL import Image, ImageDraw, ImageFont
-from safetensors import safe_open
 from torch.utils.checkpoint import checkpoint
-from tqdm import tqdm
 
-import demo
-from checkpoints import atomic_write, read_json, write_json, write_jsonl
+from checkpoints import read_json, write_json, write_jsonl
+from curves import draw_curves
+from demo_data import WORLDS, make_demo, world_suffix
 from formats import read_json_or_jsonl
-from load_weights import initialise_encoders
-from model import CONFIGS, PostNormLayer, PreNormBlock, build_model
+from model import CONFIGS, PostNormLayer, PreNormBlock
 
 WARMUP_SHARE = 0.1
 COMPILE_MODES = ["layers", "step"]  # --compile's: every transformer layer, or the whole forward pass and losses
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line: the same training flags in both scripts
+# Command line: the same flags in both scripts, and the one place where a flag left unset gets its value
 
 
-def add_training_flags(parser, defaults, demo_defaults):
-    """The flags both training scripts take. Flags whose default depends on --demo are parsed as None and
-    filled in by `parse_flags`."""
+def add_training_flags(parser, recipe, demo_recipe):
+    """The flags both training scripts take. Those whose default is the script's recipe (`recipe`, and
+    `demo_recipe` over it with --demo) are parsed as None and get their value in `settle_flags`."""
 
     def default_text(name):
         def shown(value):
             return "a third of --steps" if value is None else value  # finetune.py's --eval-every
-        return f"(default: {shown(defaults.get(name))}; with --demo: {shown(demo_defaults.get(name))})"
+        demo_value = demo_recipe.get(name, recipe.get(name))
+        return f"(default: {shown(recipe.get(name))}; with --demo: {shown(demo_value)})"
 
     parser.add_argument("--config", choices=sorted(CONFIGS), help=f"model size {default_text('config')}")
     parser.add_argument("--batch", type=int, help=f"global batch size, over all processes {default_text('batch')}")
@@ -95,26 +91,75 @@ def add_training_flags(parser, defaults, demo_defaults):
 
 
 def add_encoder_flags(parser, condition=""):
-    """--clip, --text and --arch: the fresh model that `build_fresh_model` makes."""
+    """--clip, --text and --arch: the fresh model that load_weights.build_fresh_model makes."""
     parser.add_argument("--clip", help=f"{condition}CLIP ViT-B/16 safetensors for the image encoder (default: random)")
     parser.add_argument("--text", help=f"{condition}KLUE RoBERTa safetensors for the text encoder (default: random)")
     parser.add_argument("--arch", choices=["meter", "vilt"], default="meter", help=f"{condition}Ko-METER (two "
                         "streams + co-attention) or the ViLT single-stream baseline (default: meter)")
 
 
-def parse_flags(parser, argv, defaults, demo_defaults, required):
-    """Parse the command line; give every flag left unset its default (the demo's with --demo, whose data and
-    output folders follow --world) and refuse a run without the `required` flags unless it is a demo."""
+def add_demo_flags(parser, demo_help, seeds=False):
+    """--demo, --demo-dir and --world (and --seeds for finetune.py): the flags of the synthetic demo."""
+    parser.add_argument("--demo", action="store_true", help=demo_help)
+    parser.add_argument("--demo-dir", help="where the demo set lives (default: demo_data, or demo_data_<world>)")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="shapes", help="with --demo: the synthetic "
+                        "world, shapes (shapes_world.py) or bars (bars_world.py); each has its own data and output "
+                        "folders (default: shapes)")
+    if seeds:
+        parser.add_argument("--seeds", type=at_least_one, default=1, help="run each fine-tuning this many times, "
+                            "with seeds --seed, --seed + 1, ..., and print the mean ± standard deviation; the runs "
+                            "after the first go to OUT_seed<s> (default: 1)")
+
+
+def at_least_one(text):
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return int(text)
+
+
+def parse_flags(parser, argv, required):
+    """Parse the command line and refuse a run without the `required` flags unless it is a demo."""
     args = parser.parse_args(argv)
-    demo.follow_world(args, demo_defaults["out"])
-    for name, value in (demo_defaults if args.demo else defaults).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    args.overwrite = args.overwrite or args.demo
     for name in required if not args.demo else ():
         if getattr(args, name) is None:
             parser.error(f"--{name} is required (or use --demo)")
     return args
+
+
+def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
+    """A copy of the flags with every one left unset given its value, the one place where that happens:
+    - with --demo, the demo set of --world (made by process 0 while the others wait) gives the data flags,
+      and its folders get the world's suffix;
+    - the script's recipe gives the rest (`demo_recipe` over it with --demo); --eval-every left unset in
+      finetune.py's recipe means thirds of the run, the paper's table;
+    - --dtype: bf16 on CUDA, fp32 elsewhere; --micro-batch: the batch divided by the number of processes.
+    --image-size is left as given: the model decides it (its config, or a pretrained checkpoint's)."""
+    settled = argparse.Namespace(**vars(args))
+    if args.demo:
+        settled.demo_dir = args.demo_dir or "demo_data" + world_suffix(args.world)
+        settled.out = args.out or demo_recipe["out"] + world_suffix(args.world)
+        if world_size > 1 and rank != 0:
+            distributed.barrier()
+        paths = make_demo(settled.demo_dir, seed=0, world=args.world)
+        if world_size > 1 and rank == 0:
+            distributed.barrier()
+        for flag, key in [("captions", "captions"), ("train", "vqa_train"), ("dev", "vqa_dev"),
+                          ("images", "images"), ("tokenizer", "tokenizer")]:
+            if hasattr(args, flag) and getattr(args, flag) is None:
+                setattr(settled, flag, paths[key])
+        settled.overwrite = True  # a demo's folders are its own
+    for name, value in {**recipe, **(demo_recipe if args.demo else {})}.items():
+        if getattr(settled, name) is None:
+            setattr(settled, name, value)
+    settled.eval_every = settled.eval_every or math.ceil(settled.steps / 3)
+    settled.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    if settled.batch % world_size:
+        raise ValueError(f"--batch {settled.batch} is not divisible by the {world_size} processes")
+    per_process = settled.batch // world_size
+    settled.micro_batch = args.micro_batch or per_process
+    if per_process % settled.micro_batch:
+        raise ValueError(f"--micro-batch {settled.micro_batch} does not divide the {per_process} samples per process")
+    return settled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +182,7 @@ def gradient_norm(parameters):
 
 
 # ----------------------------------------------------------------------------------------------
-# Deterministic data order
+# Deterministic data order, and the loaders
 
 
 def derived_seed(*parts):
@@ -195,17 +240,6 @@ class StepBatches:
                 yield list(range(start, start + self.micro_batch_size))
 
 
-def check_batch_sizes(args, world_size):
-    """Resolve --micro-batch and refuse sizes that do not divide evenly; returns micro-batches per step."""
-    if args.batch % world_size:
-        raise ValueError(f"--batch {args.batch} is not divisible by the {world_size} processes")
-    per_process = args.batch // world_size
-    args.micro_batch = args.micro_batch or per_process
-    if per_process % args.micro_batch:
-        raise ValueError(f"--micro-batch {args.micro_batch} does not divide the {per_process} samples per process")
-    return per_process // args.micro_batch
-
-
 def ignore_stop_signals(worker_id):
     """DataLoader workers leave SIGINT and SIGTERM to the main process, which finishes its step first."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -241,18 +275,17 @@ def autocast(device, dtype):
 # Processes: torchrun and DistributedDataParallel
 
 
-def setup_processes(args):
+def setup_processes(device_flag):
     """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl on
-    CUDA, gloo on CPU; LOCAL_RANK picks the GPU on each node. Also resolves --dtype."""
+    CUDA, gloo on CPU; LOCAL_RANK picks the GPU on each node."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device_flag or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if world_size > 1 and not distributed.is_initialized():
         distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     return rank, world_size, device
 
 
@@ -270,9 +303,10 @@ class Objective(torch.nn.Module):
 
 
 def wrap_objective(model, losses, args, world_size, device):
-    """The module the loop calls: Objective, its layers recomputed in the backward pass with --recompute and
-    compiled with --compile layers, inside DistributedDataParallel when there are processes, and all of it
-    compiled with --compile step."""
+    """(the module the loop calls, the DDP module or None). The first is Objective, its layers recomputed in the
+    backward pass with --recompute and compiled with --compile layers, inside DistributedDataParallel when there
+    are processes, and all of it compiled with --compile step. The loop sets the DDP module's own
+    require_backward_grad_sync flag, which torch.compile's wrapper would not pass on."""
     if args.recompute:
         recompute_layers(model)
     if args.compile == "layers":
@@ -281,7 +315,8 @@ def wrap_objective(model, losses, args, world_size, device):
     if world_size > 1:
         device_ids = [device] if device.type == "cuda" else None
         objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=device_ids)
-    return compile_step(objective) if args.compile == "step" else objective
+    ddp = objective if world_size > 1 else None
+    return (compile_step(objective) if args.compile == "step" else objective), ddp
 
 
 def compile_step(objective):
@@ -314,18 +349,6 @@ def recompute_layers(model):
     for module in model.modules():
         if isinstance(module, (PreNormBlock, PostNormLayer)):
             module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
-
-
-def backward(objective, loss, world_size, last_micro_batch):
-    """Backpropagate one micro-batch. Its loss is its share of the global mean, so the gradients of the
-    micro-batches add up to the gradient of the global mean (the loss is divided by the global counts, not
-    averaged per micro-batch). DDP averages over processes where we need the sum, hence the factor; and it
-    all-reduces only on the step's last micro-batch (nanoGPT's require_backward_grad_sync)."""
-    if world_size > 1:
-        # with --compile step the DDP module is inside torch.compile's wrapper: the flag is DDP's own
-        getattr(objective, "_orig_mod", objective).require_backward_grad_sync = last_micro_batch
-        loss = loss * world_size
-    loss.backward()
 
 
 def sum_across_processes(sums, world_size):
@@ -430,19 +453,13 @@ def process_alive(pid):
 
 
 # ----------------------------------------------------------------------------------------------
-# Logging: progress, metrics.jsonl and curves.png
+# What a run tells: log lines on the terminal and in metrics.jsonl, curves.png
 
 
 def say(rank, message):
-    """Print on process 0 only, without breaking the progress bar."""
+    """Print on process 0 only."""
     if rank == 0:
-        tqdm.write(message)
-
-
-def progress_bar(start_step, total_steps, rank):
-    """A progress bar on a terminal; in a log file the log lines every --log-every steps say it all."""
-    return tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, dynamic_ncols=True,
-                disable=rank != 0 or not sys.stderr.isatty())
+        print(message, flush=True)
 
 
 def format_duration(seconds):
@@ -450,182 +467,46 @@ def format_duration(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class MetricsLog:
-    """OUT/metrics.jsonl, one JSON object per logged step. On resume, lines written after the checkpoint
-    (by the interrupted run) are dropped so the file reads as one run."""
+def named_values(means):
+    return " | ".join(f"{name} {value:.4f}" for name, value in means.items())
 
-    def __init__(self, path, resume_step=None):
-        self.path = path
-        write_jsonl(path, [row for row in self.read() if row["step"] <= resume_step] if resume_step is not None else [])
+
+class RunLog:
+    """OUT/metrics.jsonl and the terminal, under the same names: a training line every --log-every steps (loss
+    and accuracy means over those steps, lr, gradient norm, samples per second, time left), an evaluation line
+    ("val" in pretraining, "dev" in fine-tuning), and curves.png redrawn at each checkpoint. On resume, lines
+    the interrupted run wrote after its checkpoint are dropped, so the file reads as one run."""
+
+    def __init__(self, args, start_step):
+        self.path, self.steps, self.batch = os.path.join(args.out, "metrics.jsonl"), args.steps, args.batch
+        kept = [row for row in self.read() if row["step"] <= start_step] if args.resume else []
+        write_jsonl(self.path, kept)
+        self.last_step, self.last_time = start_step, time.time()
+        self.last_saved = f"step {start_step}" if args.resume else "none"
+        if args.resume:
+            print(f"resuming {args.out} at step {start_step}", flush=True)
+
+    def read(self):
+        return read_json_or_jsonl(self.path) if os.path.exists(self.path) else []
 
     def write(self, record):
         with open(self.path, "a", encoding="utf-8") as file:
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def read(self):
-        return read_json_or_jsonl(self.path) if os.path.exists(self.path) else []
+    def train_line(self, step, lr, means, grad_norm):
+        elapsed, steps = time.time() - self.last_time, max(step - self.last_step, 1)
+        self.last_step, self.last_time = step, time.time()
+        samples_per_s = steps * self.batch / max(elapsed, 1e-9)
+        self.write({"step": step, "split": "train", "lr": lr, **means, "grad_norm": grad_norm,
+                    "samples_per_s": samples_per_s})
+        print(f"step {step}/{self.steps} | lr {lr:.2e} | {named_values(means)} | grad norm {grad_norm:.3f} | "
+              f"{samples_per_s:.1f} samples/s | ETA {format_duration((self.steps - step) * elapsed / steps)}", flush=True)
 
+    def eval_line(self, step, split, means):
+        self.write({"step": step, "split": split, **means})
+        print(f"step {step} {split} | {named_values(means)}", flush=True)
 
-class Throughput:
-    """Samples per second and time left, over the steps since the last log line."""
-
-    def __init__(self, step, total_steps, batch_size):
-        self.step, self.total_steps, self.batch_size = step, total_steps, batch_size
-        self.time = time.time()
-
-    def measure(self, step):
-        """(samples per second, time left as H:MM:SS) since the last call."""
-        elapsed, steps = time.time() - self.time, max(step - self.step, 1)
-        self.step, self.time = step, time.time()
-        return steps * self.batch_size / max(elapsed, 1e-9), format_duration((self.total_steps - step) * elapsed / steps)
-
-
-CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def log_step(metrics, step, args, lr, means, grad_norm, throughput):
-    """The training line of every --log-every steps, `means` averaged over those steps: on the terminal and in
-    metrics.jsonl, under the same names."""
-    samples_per_s, time_left = throughput.measure(step)
-    metrics.write({"step": step, "split": "train", "lr": lr, **means, "grad_norm": grad_norm,
-                   "samples_per_s": samples_per_s})
-    say(0, f"step {step}/{args.steps} | lr {lr:.2e} | {named_values(means)} | grad norm {grad_norm:.3f} | "
-           f"{samples_per_s:.1f} samples/s | ETA {time_left}")
-
-
-def log_evaluation(metrics, step, split, means):
-    """An evaluation's line ("val" in pretraining, "dev" in fine-tuning): on the terminal and in metrics.jsonl."""
-    metrics.write({"step": step, "split": split, **means})
-    say(0, f"step {step} {split} | {named_values(means)}")
-
-
-def named_values(means):
-    return " | ".join(f"{name} {value:.4f}" for name, value in means.items())
-
-
-def curve_panels(records):
-    """What draw_curves shows of metrics.jsonl: the losses in one chart, and the accuracies and VQA scores
-    (overall, not per answer type) in another on a 0..1 axis; one line per (split, name), in the order met."""
-    series = {"loss": [], "accuracy": []}
-    for row in records:
-        split = row.get("split", "train")
-        for name in row:
-            if " " in name:  # a per-type accuracy ("숫자 accuracy")
-                continue
-            panel = "loss" if name.endswith("loss") else "accuracy" if name.endswith(("acc", "accuracy", "score")) \
-                else None
-            if panel and (f"{name} ({split})", split, name) not in series[panel]:
-                series[panel].append((f"{name} ({split})", split, name))
-    return [("loss", series["loss"], None), ("accuracy", series["accuracy"], 1.0)]
-
-
-def draw_curves(records, image_path, panels=None):
-    """Training curves in the manner of the paper's Figure 2, drawn with Pillow.
-
-    records: metrics rows; panels: [(title, [(label, split, key), ...], y_max or None), ...] (default:
-    curve_panels), one chart per panel, one line per (split, key) series against "step"; the y axis starts at
-    0 and ends at y_max (1 for accuracies) or at the largest value. The legend goes in the upper right corner,
-    or the lower right one when the curves end high."""
-    panels = panels or curve_panels(records)
-    panel_width, panel_height, margin = 520, 360, 56
-    image = Image.new("RGB", (panel_width * len(panels), panel_height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    for panel_index, (title, series_list, y_max) in enumerate(panels):
-        left = panel_index * panel_width + margin
-        right, top, bottom = (panel_index + 1) * panel_width - 16, 30, panel_height - 40
-        series = []
-        for label, split, key in series_list:
-            points = [(row["step"], row[key]) for row in records
-                      if row.get("split", "train") == split and isinstance(row.get(key), (int, float))
-                      and math.isfinite(row[key])]
-            series.append((label, points))
-        all_points = [point for _, points in series for point in points]
-        draw.text((left, 8), title, fill="black", font=font)
-        draw.rectangle([left, top, right, bottom], outline="black")
-        if not all_points:
-            continue
-        x_low, x_high = min(x for x, _ in all_points), max(x for x, _ in all_points)
-        y_low, y_high = min(0.0, min(y for _, y in all_points)), y_max or max(y for _, y in all_points)
-        x_high, y_high = max(x_high, x_low + 1), max(y_high, y_low + 1e-6)
-
-        def to_pixel(x, y):
-            return (left + (x - x_low) / (x_high - x_low) * (right - left),
-                    bottom - (y - y_low) / (y_high - y_low) * (bottom - top))
-
-        for tick in range(5):
-            y_value = y_low + (y_high - y_low) * tick / 4
-            y_pixel = to_pixel(x_low, y_value)[1]
-            draw.line([left - 4, y_pixel, left, y_pixel], fill="black")
-            draw.text((left - margin + 4, y_pixel - 6), f"{y_value:.3g}", fill="black", font=font)
-            x_value = x_low + (x_high - x_low) * tick / 4
-            x_pixel = to_pixel(x_value, y_low)[0]
-            draw.line([x_pixel, bottom, x_pixel, bottom + 4], fill="black")
-            draw.text((x_pixel - 12, bottom + 8), f"{x_value:.0f}", fill="black", font=font)
-        draw.text(((left + right) // 2 - 12, bottom + 22), "step", fill="black", font=font)
-        last_heights = [to_pixel(*points[-1])[1] for _, points in series if points]
-        curves_end_high = sum(last_heights) / len(last_heights) < (top + bottom) / 2
-        legend_top = bottom - 6 - 14 * len(series) if curves_end_high else top + 6
-        for series_index, (label, points) in enumerate(series):
-            colour = CURVE_COLOURS[series_index % len(CURVE_COLOURS)]
-            pixels = [to_pixel(x, y) for x, y in points]
-            if len(pixels) > 1:
-                draw.line(pixels, fill=colour, width=2)
-            for x_pixel, y_pixel in pixels[-1:] if len(pixels) > 1 else pixels:
-                draw.ellipse([x_pixel - 3, y_pixel - 3, x_pixel + 3, y_pixel + 3], fill=colour)
-            legend_y = legend_top + 14 * series_index
-            draw.line([right - 150, legend_y + 6, right - 130, legend_y + 6], fill=colour, width=3)
-            draw.text((right - 124, legend_y), label, fill="black", font=font)
-    with atomic_write(image_path, "wb") as file:
-        image.save(file, format="PNG")
-
-
-# ----------------------------------------------------------------------------------------------
-# A fresh model, and the checks that a model fits the tokenizer and the text length
-
-
-def check_vocabulary_fits(tokenizer, rows, owner):
-    """The tokenizer's ids must index the word embeddings: refuse a tokenizer that does not fit."""
-    if rows != tokenizer.vocab_size:
-        raise ValueError(f"{tokenizer.source}: tokenizer vocabulary of {tokenizer.vocab_size} does not fit the "
-                         f"{rows} word embeddings of {owner}")
-
-
-def text_embedding_rows(text_path):
-    """Number of rows of the word embedding table in a text encoder checkpoint."""
-    with safe_open(text_path, "pt") as file:
-        for key in file.keys():
-            if key.endswith("word_embeddings.weight"):
-                return file.get_slice(key).get_shape()[0]
-    raise ValueError(f"{text_path}: no word_embeddings.weight, not a RoBERTa checkpoint")
-
-
-def build_fresh_model(args, tokenizer, rank, num_answers=0):
-    """A --config / --arch model whose vocabulary is the tokenizer's; its encoders from --clip/--text when given, else
-    random (warned).
-    A tokenizer that does not fit the --text encoder is refused before anything is built."""
-    if args.text:
-        if not os.path.exists(args.text):
-            raise FileNotFoundError(f"{args.text}: text encoder checkpoint not found")
-        check_vocabulary_fits(tokenizer, text_embedding_rows(args.text), args.text)
-    config = CONFIGS[args.config]
-    config = dataclasses.replace(config, arch=args.arch, vocab_size=tokenizer.vocab_size, num_answers=num_answers,
-                                 image_size=args.image_size or config.image_size)
-    torch.manual_seed(args.seed)
-    model = build_model(config)
-    if args.clip or args.text:
-        initialise_encoders(model, clip_path=args.clip, text_path=args.text, verbose=rank == 0)
-    for flag, path, encoder in [("--clip", args.clip, "image"), ("--text", args.text, "text")]:
-        if path is None and rank == 0:
-            print(f"warning: no {flag}: the {encoder} encoder starts from random weights", file=sys.stderr)
-    return model
-
-
-def check_model_fits(model, tokenizer, args):
-    """Refuse a tokenizer or a text length the model cannot take; --image-size becomes the model's."""
-    check_vocabulary_fits(tokenizer, model.cfg.vocab_size, "the model")
-    if tokenizer.pad_id != model.cfg.pad_id:  # RoBERTa's positions count from the pad id (model.TextEmbeddings)
-        raise ValueError(f"{tokenizer.source}: [PAD] is id {tokenizer.pad_id}, the model's pad id is {model.cfg.pad_id}")
-    if args.max_len > model.cfg.max_positions - 2:
-        raise ValueError(f"--max-len {args.max_len} exceeds the {model.cfg.max_positions - 2} text positions of the model")
-    args.image_size = model.cfg.image_size
+    def saved(self, step):
+        """A checkpoint of `step` is whole on disk: remember it for error messages, redraw the curves."""
+        self.last_saved = f"step {step}"
+        draw_curves(self.read(), os.path.join(os.path.dirname(self.path), "curves.png"))

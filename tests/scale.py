@@ -29,7 +29,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-import demo  # noqa: E402
+import demo_data
 
 CATEGORIES = ["가구", "가전", "음식", "동물", "식물", "교통", "의류", "운동", "건물", "풍경"]
 LEVELS = ["level1", "level2", "level3"]
@@ -93,7 +93,7 @@ def make_set(out, questions, images, seed=0):
         for name, value in (("question", {"questions": question_records}),
                             ("annotation", {"annotations": annotation_records}), ("images", {"images": image_records})):
             (folder / f"{prefix}_{name}.json").write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-    demo.train_tokenizer(texts, out / "tokenizer.json", vocab_size=400)
+    demo_data.train_tokenizer(texts, out / "tokenizer.json", vocab_size=400)
     marker.write_text(json.dumps(settings))
     return out
 

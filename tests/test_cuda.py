@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import demo_data
 import data
-import demo
 import finetune
 import formats
 import pretrain
@@ -29,7 +29,7 @@ SMALL_DEMO = {"caption_images": 60, "vqa_train_images": 40, "vqa_dev_images": 10
 
 @pytest.fixture(scope="module")
 def demo_set(tmp_path_factory):
-    return demo.make_demo(str(tmp_path_factory.mktemp("cuda") / "demo_data"), **SMALL_DEMO)
+    return demo_data.make_demo(str(tmp_path_factory.mktemp("cuda") / "demo_data"), **SMALL_DEMO)
 
 
 def model_and_batch(demo_set, device, seed=0):

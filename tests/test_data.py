@@ -19,9 +19,13 @@ from tokenizers import normalizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench  # noqa: E402
+import check  # noqa: E402
 import data  # noqa: E402
-import demo  # noqa: E402
+import demo_data  # noqa: E402
 import formats  # noqa: E402
+import image_files  # noqa: E402
+import shapes_world  # noqa: E402
+import tokenizer_files  # noqa: E402
 
 KOREAN_TEXTS = [
     "빨간색 원 두 개와 파란색 사각형 하나가 있다.",
@@ -36,7 +40,7 @@ KOREAN_TEXTS = [
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
-    return demo.train_tokenizer(KOREAN_TEXTS, path, vocab_size=100)
+    return data.Tokenizer.load(demo_data.train_tokenizer(KOREAN_TEXTS, path, vocab_size=100))
 
 
 def save_jpeg(path, size=(48, 32), colour=(200, 30, 30), **options):
@@ -67,16 +71,16 @@ def test_tokenizer_json_ids_round_trip_and_encode(tokenizer, tmp_path):
     assert input_ids[1].tolist()[3:] == [1] * (input_ids.shape[1] - 3) and attention_mask[1].sum() == 3
     assert loaded.decode(input_ids[0]) == text
     pieces = loaded.backend.encode(text, add_special_tokens=False).tokens
-    assert not any(formats.has_jamo(piece) for piece in pieces)
+    assert not any(tokenizer_files.has_jamo(piece) for piece in pieces)
     assert "빨" in loaded.backend.get_vocab()
     short_ids, short_mask = loaded.encode([text], max_len=5)
     assert short_ids.shape == (1, 5) and short_ids[0, -1] == 2 and short_mask.all()
 
 
 def test_accent_stripping_is_off_and_would_split_hangul():
-    assert formats.bert_normalizer().normalize_str("한국어") == "한국어"
+    assert tokenizer_files.bert_normalizer().normalize_str("한국어") == "한국어"
     stripping = normalizers.BertNormalizer(strip_accents=True, lowercase=False)
-    assert formats.has_jamo(stripping.normalize_str("한국어"))
+    assert tokenizer_files.has_jamo(stripping.normalize_str("한국어"))
 
 
 def test_vocab_txt_and_folder_load_like_tokenizer_json(tokenizer, tmp_path):
@@ -93,7 +97,7 @@ def test_vocab_txt_and_folder_load_like_tokenizer_json(tokenizer, tmp_path):
 
 
 def test_file_padding_and_truncation_settings_are_ignored(tokenizer, tmp_path):
-    backend = formats.BackendTokenizer.from_file(str(tokenizer.source))
+    backend = tokenizer_files.BackendTokenizer.from_file(str(tokenizer.source))
     backend.enable_padding(pad_id=1, pad_token="[PAD]", length=50)
     backend.enable_truncation(max_length=3)
     backend.save(str(tmp_path / "tokenizer.json"))
@@ -102,7 +106,7 @@ def test_file_padding_and_truncation_settings_are_ignored(tokenizer, tmp_path):
 
 
 def test_a_normaliser_that_splits_hangul_is_replaced(tokenizer, tmp_path, capsys):
-    backend = formats.BackendTokenizer.from_file(str(tokenizer.source))
+    backend = tokenizer_files.BackendTokenizer.from_file(str(tokenizer.source))
     backend.normalizer = normalizers.BertNormalizer(strip_accents=True, lowercase=True)
     backend.save(str(tmp_path / "tokenizer.json"))
     loaded = data.Tokenizer.load(tmp_path / "tokenizer.json")
@@ -132,7 +136,7 @@ def test_word_starts_mark_continuation_pieces(tokenizer):
 
 
 def rgb_at(path, xy=(0, 0)):
-    return formats.open_rgb(path).getpixel(xy)
+    return image_files.open_rgb(path).getpixel(xy)
 
 
 def test_every_image_kind_decodes_to_rgb(tmp_path):
@@ -173,7 +177,7 @@ def test_exif_rotation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     image.save(tmp_path / "rotated.jpg", quality=95, exif=exif)
-    upright = formats.open_rgb(tmp_path / "rotated.jpg")
+    upright = image_files.open_rgb(tmp_path / "rotated.jpg")
     assert upright.size == (20, 40)
     top = upright.getpixel((10, 2))
     assert top[0] > 200 and top[2] < 60  # the left edge is now at the top
@@ -183,8 +187,8 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     save_jpeg(tmp_path / "big.jpg", size=(100, 100))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ValueError, match="big.jpg.*too large"):
-        formats.open_rgb(tmp_path / "big.jpg")
-    assert formats.image_problem(str(tmp_path / "big.jpg")) == "image too large"
+        image_files.open_rgb(tmp_path / "big.jpg")
+    assert image_files.image_problem(str(tmp_path / "big.jpg")) == "image too large"
 
 
 def test_broken_and_missing_images_raise_one_line_errors(tmp_path):
@@ -202,9 +206,9 @@ def test_draft_decoding_matches_full_decoding(tmp_path):
     rng = np.random.default_rng(0)
     coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
     coarse.resize((800, 600), Image.Resampling.BICUBIC).save(tmp_path / "photo.jpg", quality=92)
-    assert formats.open_rgb(tmp_path / "photo.jpg", min_side=224).size == (400, 300)  # decoded at 1/2
+    assert image_files.open_rgb(tmp_path / "photo.jpg", min_side=224).size == (400, 300)  # decoded at 1/2
     drafted = data.load_image(tmp_path / "photo.jpg", 224)
-    full = data.to_pixels(data.resize_center_crop(formats.open_rgb(tmp_path / "photo.jpg"), 224))
+    full = data.to_pixels(data.resize_center_crop(image_files.open_rgb(tmp_path / "photo.jpg"), 224))
     assert (drafted - full).abs().mean() < 0.03  # in normalised units: about 2 grey levels
 
 
@@ -250,7 +254,7 @@ def write_jsonl(path, records):
 
 
 def question_entries(folder, records):
-    """formats.Entries of question records {image, question, answers, ...}, through the project's JSONL."""
+    """columns.Entries of question records {image, question, answers, ...}, through the project's JSONL."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     return formats.read_vqa(write_jsonl(Path(folder) / "questions.jsonl", records), folder)
 
@@ -402,8 +406,8 @@ def test_vqa_dataset_targets_and_augmentation(tokenizer, tmp_path):
 
 def test_demo_is_deterministic_readable_and_reused(tmp_path):
     sizes = {"caption_images": 12, "vqa_train_images": 8, "vqa_dev_images": 4}
-    first = demo.make_demo(tmp_path / "one", seed=5, **sizes)
-    demo.make_demo(tmp_path / "two", seed=5, **sizes)
+    first = demo_data.make_demo(tmp_path / "one", seed=5, **sizes)
+    demo_data.make_demo(tmp_path / "two", seed=5, **sizes)
     files_one = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*") if path.is_file())
     files_two = sorted(path.relative_to(tmp_path / "two") for path in (tmp_path / "two").rglob("*") if path.is_file())
     assert files_one == files_two and len(files_one) == 12 + 8 + 4 + 5
@@ -411,13 +415,13 @@ def test_demo_is_deterministic_readable_and_reused(tmp_path):
         assert (tmp_path / "one" / relative).read_bytes() == (tmp_path / "two" / relative).read_bytes(), relative
     assert set(first) == {"captions", "vqa_train", "vqa_dev", "images", "tokenizer"}
     stamp = os.path.getmtime(first["captions"])
-    assert demo.make_demo(tmp_path / "one", seed=5, **sizes) == first
+    assert demo_data.make_demo(tmp_path / "one", seed=5, **sizes) == first
     assert os.path.getmtime(first["captions"]) == stamp
 
-    captions, bad = formats.check_entries(formats.read_captions(first["captions"], first["images"]), max_bad_share=0)
+    captions, bad = check.check_entries(formats.read_captions(first["captions"], first["images"]), max_bad_share=0)
     assert len(captions) == 60 and not bad
-    train, _ = formats.check_entries(formats.read_vqa(first["vqa_train"], first["images"]), max_bad_share=0)
-    dev, _ = formats.check_entries(formats.read_vqa(first["vqa_dev"], first["images"]), max_bad_share=0)
+    train, _ = check.check_entries(formats.read_vqa(first["vqa_train"], first["images"]), max_bad_share=0)
+    dev, _ = check.check_entries(formats.read_vqa(first["vqa_dev"], first["images"]), max_bad_share=0)
     assert len(train) == 32 and len(dev) == 16
     assert not {entry["image"] for entry in train} & {entry["image"] for entry in dev}
     tokenizer = data.Tokenizer.load(first["tokenizer"])
@@ -425,25 +429,25 @@ def test_demo_is_deterministic_readable_and_reused(tmp_path):
     assert tokenizer.decode(tokenizer.encode([captions[0]["caption"]], 40)[0][0]) == captions[0]["caption"]
     assert data.load_image(train[0]["image"], 64).shape == (3, 64, 64)
 
-    other = demo.make_demo(tmp_path / "three", seed=6, **sizes)
+    other = demo_data.make_demo(tmp_path / "three", seed=6, **sizes)
     assert Path(other["captions"]).read_bytes() != Path(first["captions"]).read_bytes()
 
 
 def test_demo_answers_follow_from_the_picture(tmp_path):
     rng = random.Random(0)
     for _ in range(200):
-        objects = demo.demo_scene(rng)
-        for question, answer, answer_type in demo.demo_questions(objects, rng, 4):
+        objects = shapes_world.demo_scene(rng)
+        for question, answer, answer_type in shapes_world.demo_questions(objects, rng, 4):
             assert formats.answer_type_of({"answers": [answer]}) == answer_type
             if question.startswith("도형은 모두"):
                 assert answer == f"{len(objects)}개"
-        image = demo.draw_scene(objects, 64, rng)
+        image = shapes_world.draw_scene(objects, 64, rng)
         for thing in objects:  # every object's colour is visible in its quarter
             x, y = thing["cell"]
             quarter = np.asarray(image)[y * 32:(y + 1) * 32, x * 32:(x + 1) * 32].reshape(-1, 3)
-            colour = np.array(demo.DEMO_COLOURS[thing["colour"]][1])
+            colour = np.array(shapes_world.DEMO_COLOURS[thing["colour"]][1])
             assert (np.abs(quarter - colour).sum(axis=1) < 30).sum() > 20
-        korean, _ = demo.demo_captions(objects, rng)
+        korean, _ = shapes_world.demo_captions(objects, rng)
         assert len(set(korean)) == 5
 
 

@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 
 import bars_world
+import check
+import demo_data
 import data
 import demo
 import finetune
 import formats
 import pretrain
+import torch
+import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SIZES = {"caption_images": 40, "vqa_train_images": 30, "vqa_dev_images": 10, "questions_per_image": 4,
@@ -32,7 +36,7 @@ TRAINING_FLAGS = ["--config", "tiny", "--batch", "8", "--steps", "4", "--max-len
 
 @pytest.fixture(scope="module")
 def bars_set(tmp_path_factory):
-    return demo.make_demo(str(tmp_path_factory.mktemp("bars") / "demo_data_bars"), world="bars", **TINY_SIZES)
+    return demo_data.make_demo(str(tmp_path_factory.mktemp("bars") / "demo_data_bars"), world="bars", **TINY_SIZES)
 
 
 def files_of(root):
@@ -41,23 +45,23 @@ def files_of(root):
 
 def test_bars_world_is_deterministic_in_any_process(bars_set, tmp_path):
     root = Path(bars_set["captions"]).parent
-    script = (f"import demo; demo.make_demo({str(tmp_path / 'again')!r}, world='bars', "
+    script = (f"import demo_data; demo_data.make_demo({str(tmp_path / 'again')!r}, world='bars', "
               + ", ".join(f"{name}={value}" for name, value in TINY_SIZES.items()) + ")")
     environment = {**os.environ, "PYTHONHASHSEED": "12345"}  # another set order: bytes must not depend on it
     subprocess.run([sys.executable, "-c", script], cwd=REPO, env=environment, check=True)
     first, again = files_of(root), files_of(tmp_path / "again")
     assert first == again and len(first) == 40 + 30 + 10 + 5
     assert any(name.startswith("images/bars/bars_") for name in first)
-    other = demo.make_demo(tmp_path / "other", seed=1, world="bars", **TINY_SIZES)
+    other = demo_data.make_demo(tmp_path / "other", seed=1, world="bars", **TINY_SIZES)
     assert Path(other["vqa_train"]).read_bytes() != Path(bars_set["vqa_train"]).read_bytes()
 
 
 def test_bars_layouts_are_read_with_all_four_answer_types(bars_set):
-    captions, bad = formats.check_entries(formats.read_captions(bars_set["captions"], bars_set["images"]), 0)
+    captions, bad = check.check_entries(formats.read_captions(bars_set["captions"], bars_set["images"]), 0)
     assert len(captions) == 40 * 5 and not bad
     assert {entry["split"] for entry in captions} == {"train2014", "val2014"}
-    train, _ = formats.check_entries(formats.read_vqa(bars_set["vqa_train"], bars_set["images"]), 0)
-    dev, _ = formats.check_entries(formats.read_vqa(bars_set["vqa_dev"], bars_set["images"]), 0)
+    train, _ = check.check_entries(formats.read_vqa(bars_set["vqa_train"], bars_set["images"]), 0)
+    dev, _ = check.check_entries(formats.read_vqa(bars_set["vqa_dev"], bars_set["images"]), 0)
     assert len(train) == 30 * 4 and len(dev) == 10 * 4
     assert not {entry["image"] for entry in train} & {entry["image"] for entry in dev}
     assert {entry["answer_type"] for entry in train} == set(formats.ANSWER_TYPES)
@@ -99,11 +103,12 @@ def test_bars_answers_follow_from_the_picture():
 
 
 def test_bars_world_end_to_end(bars_set, tmp_path, capsys):
-    """Pretraining, then fine-tuning from it over two seeds: the runs side by side, then the tables."""
+    """Pretraining, then fine-tuning from it over two seeds (finetune.py --seeds hands over to demo.py): the runs
+    side by side, then the tables."""
     data_flags = ["--images", bars_set["images"], "--tokenizer", bars_set["tokenizer"]]
     pretrain.main(["--captions", bars_set["captions"], *data_flags, *TRAINING_FLAGS, "--out", str(tmp_path / "pre")])
     out = tmp_path / "finetune"
-    finetune.main(["--train", bars_set["vqa_train"], "--dev", bars_set["vqa_dev"], *data_flags, *TRAINING_FLAGS,
+    demo.main(["--train", bars_set["vqa_train"], "--dev", bars_set["vqa_dev"], *data_flags, *TRAINING_FLAGS,
                    "--pretrained", str(tmp_path / "pre"), "--augment", "safe", "--seeds", "2", "--out", str(out)])
     for folder in (out, tmp_path / "finetune_seed1"):
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
@@ -114,13 +119,30 @@ def test_bars_world_end_to_end(bars_set, tmp_path, capsys):
     assert "mean ± sd over 2 seeds" in printed and "question only" in printed and "fine-tuned" in printed
 
 
-def test_world_chooses_the_folders():
-    shapes, bars = finetune.parse_args(["--demo"]), finetune.parse_args(["--demo", "--world", "bars"])
+def settled(script, argv, recipe, demo_recipe, monkeypatch):
+    """The flags as train sees them after settle_flags, without making a demo set."""
+    monkeypatch.setattr(training, "make_demo", lambda folder, seed, world: {
+        key: os.path.join(folder, key) for key in ("captions", "vqa_train", "vqa_dev", "images", "tokenizer")})
+    return training.settle_flags(script.parse_args(argv), recipe, demo_recipe, 0, 1, torch.device("cpu"))
+
+
+def test_world_chooses_the_folders(monkeypatch):
+    def finetune_flags(*argv):
+        return settled(finetune, list(argv), finetune.FINETUNE_DEFAULTS, finetune.FINETUNE_DEMO_DEFAULTS, monkeypatch)
+
+    def pretrain_flags(*argv):
+        return settled(pretrain, list(argv), pretrain.PRETRAIN_DEFAULTS, pretrain.PRETRAIN_DEMO_DEFAULTS, monkeypatch)
+
+    shapes, bars = finetune_flags("--demo"), finetune_flags("--demo", "--world", "bars")
     assert (shapes.demo_dir, shapes.out) == ("demo_data", os.path.join("out", "finetune_demo"))
     assert (bars.demo_dir, bars.out) == ("demo_data_bars", os.path.join("out", "finetune_demo_bars"))
-    assert pretrain.parse_args(["--demo", "--world", "bars"]).out == os.path.join("out", "pretrain_demo_bars")
-    assert pretrain.parse_args(["--demo", "--world", "bars", "--out", "elsewhere"]).out == "elsewhere"
-    assert demo.demo_pretrained("bars") == os.path.join("out", "pretrain_demo_bars", "model.safetensors")
+    assert bars.train == os.path.join("demo_data_bars", "vqa_train") and bars.config == "tiny" and bars.max_len == 40
+    assert (shapes.eval_every, shapes.micro_batch, shapes.dtype) == (100, 32, "fp32")  # thirds of 300 steps
+    assert pretrain_flags("--demo", "--world", "bars").out == os.path.join("out", "pretrain_demo_bars")
+    assert pretrain_flags("--demo", "--world", "bars", "--out", "elsewhere").out == "elsewhere"
+    real = pretrain_flags("--captions", "c.json", "--images", "i", "--tokenizer", "t.json")
+    assert (real.config, real.batch, real.steps, real.lr, real.out) == ("base", 256, 40000, 1e-5, "pretrain_out")
+    assert demo_data.demo_pretrained("bars") == os.path.join("out", "pretrain_demo_bars", "model.safetensors")
     assert finetune.parse_args(["--demo", "--seeds", "3"]).seeds == 3
     with pytest.raises(SystemExit):
         finetune.parse_args(["--demo", "--seeds", "0"])
@@ -137,8 +159,8 @@ def results_with(accuracy):
 def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
     """run_finetune_demo's bookkeeping with a stand-in for training: folders, seeds, flags, tables."""
     monkeypatch.chdir(tmp_path)
-    Path(demo.demo_pretrained("bars")).parent.mkdir(parents=True)
-    Path(demo.demo_pretrained("bars")).write_bytes(b"")
+    Path(demo_data.demo_pretrained("bars")).parent.mkdir(parents=True)
+    Path(demo_data.demo_pretrained("bars")).write_bytes(b"")
     runs = []
 
     def fake_train(args):
@@ -150,9 +172,10 @@ def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
     argv = ["--demo", "--world", "bars", "--seeds", "2", "--seed", "3"]
     args = finetune.parse_args(argv)
     monkeypatch.setattr(demo, "question_only_results", lambda args: None)
-    demo.run_finetune_demo(args, argv, finetune.parse_args, fake_train)
+    monkeypatch.setattr(finetune, "train", fake_train)
+    demo.run_finetune_demo(args, argv)
     base = os.path.join("out", "finetune_demo_bars")
-    pretrained = demo.demo_pretrained("bars")
+    pretrained = demo_data.demo_pretrained("bars")
     assert runs == [(os.path.join(base, "pretrained"), 3, pretrained, "meter"),
                     (os.path.join(base, "scratch"), 3, None, "meter"),
                     (os.path.join(base, "vilt"), 3, None, "vilt"),

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import demo_data
 import data
-import demo
 import formats
 import training
 import finetune
@@ -31,7 +31,7 @@ TRAINING_FLAGS = ["--config", "tiny", "--batch", "8", "--micro-batch", "4", "--s
 @pytest.fixture(scope="module")
 def demo_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    return demo.make_demo(str(root / "demo_data"), caption_images=40, vqa_train_images=40, vqa_dev_images=10,
+    return demo_data.make_demo(str(root / "demo_data"), caption_images=40, vqa_train_images=40, vqa_dev_images=10,
                           questions_per_image=4, image_size=64, vocab_size=200)
 
 

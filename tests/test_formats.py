@@ -17,6 +17,9 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import check
+import columns
+import image_files
 import data  # noqa: E402
 import formats  # noqa: E402
 from test_data import save_jpeg, save_truncated_jpeg  # noqa: E402
@@ -30,7 +33,7 @@ COLLECTIONS = ["개인생활환경 이미지 수집", "노인 생활거주환경
 def cache(tmp_path, monkeypatch):
     """Every test gets its own empty cache folder."""
     folder = tmp_path / "cache"
-    monkeypatch.setenv(formats.CACHE_ENV, str(folder))
+    monkeypatch.setenv(columns.CACHE_ENV, str(folder))
     return folder
 
 
@@ -90,7 +93,7 @@ def test_caption_pieces_are_joined_in_natural_order(coco):
     assert entries.columns.notes["empty_captions"] == 5  # skipped, not bad entries
     for other_spelling in (str(first_piece)[:-len(".part0")], str(first_piece)[:-1] + "*"):
         assert list(formats.read_captions(other_spelling, root)) == list(entries)
-    good, bad = formats.check_entries(entries, max_bad_share=0.5)
+    good, bad = check.check_entries(entries, max_bad_share=0.5)
     assert len(good) == 6 and [(reason, len(rows)) for reason, rows in bad] == [("missing image", 2),
                                                                               ("truncated image", 1)]
 
@@ -105,7 +108,7 @@ def test_a_missing_piece_is_refused(coco):
 
 def test_check_prints_counts_then_bad_entries_grouped(coco, cache):
     first_piece, root = coco
-    for script in ("formats.py", "data.py"):  # data.py check: the command's old spelling
+    for script in ("check.py", "formats.py", "data.py"):  # formats.py check, data.py check: the older spellings
         result = run_check("--captions", first_piece, "--images", root, "--max-bad-share", "0.5", script=script)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == [
@@ -125,20 +128,20 @@ def test_bad_lines_count_images_and_entries_and_name_the_first_few(tmp_path):
     lines += [{"image": "gone_0.jpg", "question": " ", "answers": ["컵"], "question_id": "blank"}]
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
     (tmp_path / "images").mkdir()
-    _, bad = formats.find_bad_entries(formats.read_vqa(tmp_path / "q.jsonl", tmp_path / "images"))
-    assert [formats.bad_line(reason, rows) for reason, rows in bad] == [
+    _, bad = check.find_bad_entries(formats.read_vqa(tmp_path / "q.jsonl", tmp_path / "images"))
+    assert [check.bad_line(reason, rows) for reason, rows in bad] == [
         "missing image: 4 images, 7 questions — gone_0.jpg, gone_1.jpg, gone_2.jpg, …"]
-    assert formats.count_of(1, "image") == "1 image" and formats.count_of(12345, "question") == "12,345 questions"
+    assert check.count_of(1, "image") == "1 image" and check.count_of(12345, "question") == "12,345 questions"
 
 
 def test_read_usable_prints_the_summary_and_stops_naming_share_and_examples(coco, capsys):
     first_piece, root = coco
     entries = formats.read_captions(first_piece, root)
-    good = formats.read_usable(entries, max_bad_share=0.5)
+    good = check.read_usable(entries, max_bad_share=0.5)
     printed = capsys.readouterr().err.splitlines()
     assert len(good) == 6 and printed[0] == "entries: 9" and "truncated image: 1 image, 1 caption" in printed[-2]
     with pytest.raises(ValueError) as error:
-        formats.read_usable(entries, max_bad_share=0.1)
+        check.read_usable(entries, max_bad_share=0.1)
     assert "33.3%, more than the allowed 10.0%" in one_line(error) and "COCO_train2014_000000000004.jpg" in str(error.value)
 
 
@@ -186,12 +189,12 @@ def test_living_environment_collections_under_one_root(living):
         assert (first["question"], first["answers"], first["answer_type"], first["question_id"]) == (
             "소파가 있나요?", ["예"], "예/아니오", 11)
         assert entries[3 * number + 1]["answer_type"] == "숫자"
-    colours = {collection: formats.open_rgb(entries[3 * number]["image"]).getpixel((0, 0))
+    colours = {collection: image_files.open_rgb(entries[3 * number]["image"]).getpixel((0, 0))
                for number, collection in enumerate(COLLECTIONS)}
     assert colours[COLLECTIONS[0]][0] > 150 and colours[COLLECTIONS[1]][1] > 150  # the right IMG_0001.jpg each
-    good, bad = formats.find_bad_entries(entries)
+    good, bad = check.find_bad_entries(entries)
     assert len(good) == 8 and [(reason, len(rows)) for reason, rows in bad] == [("unknown image", 4)]
-    lines = formats.summary_lines(entries, good, bad)
+    lines = check.summary_lines(entries, good, bad)
     assert "answer type '단답형' not known: 4 questions, type inferred from the answer" in lines
     first_label = living / "labels" / f"[라벨]{COLLECTIONS[0]}" / "label_0001.json"
     assert any(line.startswith(f"unknown image: 4 questions — {first_label} question 13, ") for line in lines)
@@ -249,9 +252,9 @@ def test_visual_triplets_join_inside_each_folder_only(visual):
         assert rows == [("level1", 1, "동물_0001.jpg", ["고양이"], "그 외"), ("level1", 2, "동물_0002.jpg", ["네 개"], "숫자"),
                         ("level1", 1, "음식_0001.jpg", ["김밥"], "그 외"), ("level1", 2, "음식_0002.jpg", ["2개"], "숫자"),
                         ("level1", 3, "음식_0001.jpg", [], "그 외"), ("level2", 1, "음식_0002.jpg", ["네"], "예/아니오")]
-        good, bad = formats.find_bad_entries(entries)
+        good, bad = check.find_bad_entries(entries)
         assert [(reason, [entry["question"] for entry in rows]) for reason, rows in bad] == [("no answer", ["답이 없는 질문"])]
-        lines = formats.summary_lines(entries, good, bad)
+        lines = check.summary_lines(entries, good, bad)
         assert "answer type '단답형' not known: 2 questions, type inferred from the answer" in lines
         assert f"no answer: 1 question — {labels / '음식' / 'level1' / '음식_level1_question.json'} question 3" in lines
 
@@ -337,7 +340,7 @@ def test_kvqa_records(tmp_path):
     assert [entry["answer_type"] for entry in entries] == ["그 외", "알 수 없음", "예/아니오", "숫자"]
     assert entries[1]["answers"] == ["알 수 없음"] * 10 and len(entries[0]["answers"]) == 10
     assert data.answer_scores(entries[0]["answers"]) == {"피아노": 0.9, "알 수 없음": 0.3, "게임": 0.3, "피아노 연주": 1.0}
-    assert not formats.find_bad_entries(entries)[1]
+    assert not check.find_bad_entries(entries)[1]
 
 
 def test_the_projects_own_jsonl(tmp_path):
@@ -384,16 +387,16 @@ def test_any_decoding_failure_is_the_images_problem(tmp_path):
     dds_without_pixel_format(tmp_path / "texture.dds")
     with pytest.raises(NotImplementedError):
         Image.open(tmp_path / "texture.dds")
-    assert formats.image_problem(str(tmp_path / "texture.dds")) == "unreadable image"
+    assert image_files.image_problem(str(tmp_path / "texture.dds")) == "unreadable image"
     with pytest.raises(ValueError) as error:
-        formats.open_rgb(tmp_path / "texture.dds")
+        image_files.open_rgb(tmp_path / "texture.dds")
     assert one_line(error) == f"{tmp_path / 'texture.dds'}: unreadable image (NotImplementedError: Unknown pixel format flags 0)"
     save_jpeg(tmp_path / "images" / "fine.jpg")
     dds_without_pixel_format(tmp_path / "images" / "texture.dds")
     lines = [{"image": name, "question": "무엇?", "answers": ["컵"]} for name in ("texture.dds", "fine.jpg")]
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
-    good, bad = formats.find_bad_entries(formats.read_vqa(tmp_path / "q.jsonl", tmp_path / "images"))
-    assert len(good) == 1 and formats.bad_line(*bad[0]) == "unreadable image: 1 image, 1 question — texture.dds"
+    good, bad = check.find_bad_entries(formats.read_vqa(tmp_path / "q.jsonl", tmp_path / "images"))
+    assert len(good) == 1 and check.bad_line(*bad[0]) == "unreadable image: 1 image, 1 question — texture.dds"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +425,7 @@ def test_image_checks_and_the_walk_are_cached(tmp_path):
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
 
     def bad_reasons():
-        _, bad = formats.find_bad_entries(formats.read_vqa(tmp_path / "q.jsonl", tmp_path / "images"))
+        _, bad = check.find_bad_entries(formats.read_vqa(tmp_path / "q.jsonl", tmp_path / "images"))
         return [(reason, [Path(entry["image"]).name for entry in rows]) for reason, rows in bad]
 
     assert bad_reasons() == [("missing image", ["c.jpg"])]
@@ -440,7 +443,7 @@ def test_image_checks_and_the_walk_are_cached(tmp_path):
 def test_large_label_sets_are_parsed_in_worker_processes(visual, monkeypatch):
     labels, flat, _ = visual
     here = list(formats.read_vqa(labels, flat))
-    monkeypatch.setenv(formats.CACHE_ENV, str(flat.parent / "other_cache"))
+    monkeypatch.setenv(columns.CACHE_ENV, str(flat.parent / "other_cache"))
     monkeypatch.setattr(formats, "PARSE_HERE_BYTES", 0)
     assert list(formats.read_vqa(labels, flat)) == here
     write_triplet(labels / "동물" / "level1", "동물_level1_", "동물", [(1, 1, "a", "b", "other"), (1, 1, "c", "d", "other")])

@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
+import demo_data
 import checkpoints
 import data
-import demo
 import finetune
 import formats
 import predict
@@ -37,7 +37,7 @@ HOT_PATCH = (2, 5)  # (row, column) of the patch the pushed model looks at: not 
 @pytest.fixture(scope="module")
 def demo_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    return demo.make_demo(str(root / "demo_data"), caption_images=4, vqa_train_images=24, vqa_dev_images=6,
+    return demo_data.make_demo(str(root / "demo_data"), caption_images=4, vqa_train_images=24, vqa_dev_images=6,
                           questions_per_image=4, image_size=64, vocab_size=200)
 
 

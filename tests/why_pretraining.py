@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import demo_data
 import checkpoints  # noqa: E402
 import data  # noqa: E402
-import demo  # noqa: E402
 import finetune  # noqa: E402
 import formats  # noqa: E402
 import pretrain  # noqa: E402
@@ -100,25 +100,26 @@ def run_finetuning(options, extra):
     if options.warmup is not None:
         training.lr_at = functools.partial(training.lr_at, warmup_share=options.warmup)
     if options.start:
-        paths = demo.make_demo(args.demo_dir, seed=0, world=options.world)  # the demo set (made when missing)
+        demo_dir = args.demo_dir or "demo_data" + demo_data.world_suffix(options.world)
+        paths = demo_data.make_demo(demo_dir, seed=0, world=options.world)  # the demo set (made when missing)
         out.mkdir(parents=True, exist_ok=True)
         (out / "probe.jsonl").unlink(missing_ok=True)
         start_model = load_meter(checkpoints.resolve_checkpoint(str(start)), verbose=False)
         probe = held_out_probe(paths, start_model, args.max_len, out / "probe.jsonl")
         built = {}
-        build_finetune_model, log_step = finetune.build_finetune_model, training.log_step
+        build_finetune_model, train_line = finetune.build_finetune_model, training.RunLog.train_line
 
         def build_and_probe(*arguments, **keywords):
             built["model"] = build_finetune_model(*arguments, **keywords)
             probe(built["model"], 0)
             return built["model"]
 
-        def log_and_probe(metrics, step, *rest):
-            log_step(metrics, step, *rest)
+        def log_and_probe(log, step, *rest):
+            train_line(log, step, *rest)
             if step in PROBE_STEPS:
                 probe(built["model"], step)
 
-        finetune.build_finetune_model, training.log_step = build_and_probe, log_and_probe
+        finetune.build_finetune_model, training.RunLog.train_line = build_and_probe, log_and_probe
     finetune.train(args)
 
 
