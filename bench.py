@@ -33,7 +33,6 @@ from PIL import Image
 import data
 from finetune import FINETUNE_LR_MULTIPLIERS, vqa_losses
 from model import CONFIGS, build_model, build_optimizer
-import training
 from training import COMPILE_MODES, Objective, compile_layers, compile_step, recompute_layers
 from pretrain import (PRETRAIN_LR_MULTIPLIERS, add_pretrain_targets, objective_means, pretrain_losses,
                       pretrain_losses_two_pass)
@@ -198,7 +197,7 @@ def vqa_batch(cfg, batch_size, device, tokenizer, num_answers, seed=0):
 def training_step(objective, optimizer, batch, device, dtype):
     """One update: forward and backward of objective(batch) under the compute dtype, then AdamW."""
     def run():
-        with training.autocast(device, "bf16" if dtype == torch.bfloat16 else "fp32"):
+        with torch.autocast(device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
             losses = objective(batch)
         losses["loss"].backward()
         optimizer.step()
@@ -440,7 +439,7 @@ def main(argv=None):
         inputs = synthetic_batch(vqa_cfg, size, 16, device, tokenizer)
 
         def answer():
-            with torch.no_grad(), training.autocast(device, "bf16" if dtype == torch.bfloat16 else "fp32"):
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
                 vqa_model.vqa_head(vqa_model(inputs["pixels"], inputs["input_ids"], inputs["attention_mask"])
                                    ["cls_feats"])
         vqa_seconds = median_seconds(answer, device, repeats, warmup=1)

@@ -119,7 +119,7 @@ def evaluate_vqa(model, loader, entries, answer_vocab, args, device):
     predictions = []
     for batch in loader:
         batch = training.to_device(batch, device)
-        with training.autocast(device, args.dtype):
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):
             cls_feats = model(batch["pixels"], batch["input_ids"], batch["attention_mask"])["cls_feats"]
             predicted = model.vqa_head(cls_feats).argmax(-1).tolist()  # [B]
         for index, answer_index in zip(batch["indices"].tolist(), predicted):
@@ -160,9 +160,9 @@ def build_finetune_model(args, tokenizer, num_answers, rank):
         torch.manual_seed(args.seed)  # the new VQA head's initialisation, as build_fresh_model seeds a fresh model
         model = load_meter(checkpoints.resolve_checkpoint(args.pretrained), image_size=args.image_size,
                            num_answers=num_answers, verbose=rank == 0)
+        check_model_fits(model, tokenizer, args.max_len)
     else:
         model = build_fresh_model(args, tokenizer, rank, num_answers)
-    check_model_fits(model, tokenizer, args.max_len)
     model.mlm_head.requires_grad_(False)
     model.itm_head.requires_grad_(False)
     return model
@@ -185,15 +185,15 @@ def train(args):
     rank, world_size, device = training.setup_processes(args.device)
     args = training.settle_flags(args, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS, rank, world_size, device)
     accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
-    training.claim_output_folder(args, rank)
+    run = training.RunFolder(args, rank)  # claims --out; catches SIGTERM / SIGINT from here on
     tokenizer = data.Tokenizer.load(args.tokenizer)
     train_entries, dev_entries = read_questions(args, rank)
     answers_path = os.path.join(args.out, "answers.json")
     answer_vocab = (checkpoints.read_json(answers_path) if args.resume
                     else data.build_answer_vocab(train_entries, args.answers))
     train_entries = data.drop_unanswerable(train_entries, answer_vocab)
-    training.say(rank, f"questions: {len(train_entries)} for training, {len(dev_entries)} dev; "
-                       f"{len(answer_vocab)} answer classes")
+    if rank == 0:
+        print(f"questions: {len(train_entries)} for training, {len(dev_entries)} dev; {len(answer_vocab)} answer classes")
 
     model = build_finetune_model(args, tokenizer, len(answer_vocab), rank)
     model.to(device)
@@ -218,64 +218,64 @@ def train(args):
     logged_sums = {}
 
     model.train()
-    with training.StopSignal() as stop_signal:
-        for step in range(start_step, args.steps):
-            lr = training.lr_at(step, args.steps, args.lr)  # set by hand each step, as in pretrain.py
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_multiplier"]
+    for step in range(start_step, args.steps):
+        lr = training.lr_at(step, args.steps, args.lr)  # set by hand each step, as in pretrain.py
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_multiplier"]
 
-            # ---- forward and backward over this process's micro-batches of the endless, seeded stream; each
-            # loss is divided by the global batch size, so that they add up to the global mean (see pretrain.py)
-            step_sums = {}
-            first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
-            for index in range(accumulation_steps):
-                # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
-                torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
-                if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
-                    ddp.require_backward_grad_sync = index == accumulation_steps - 1
-                with training.autocast(device, args.dtype):
-                    losses = objective(training.to_device(next(loader), device), normaliser=args.batch)
-                # DDP averages the processes' gradients where the global mean needs their sum: undo its division
-                (losses.pop("loss") * world_size).backward()
-                training.add_sums(step_sums, losses)
-            # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
-            step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
-            sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
-            if not math.isfinite(sums["loss_sum"]):
-                raise ValueError(f"loss is not finite at step {step + 1} ({sums['loss_sum']}): training stopped, "
-                                 f"last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
-            completed, stopping = step + 1, sums.pop("stop") > 0
-            is_last = completed == args.steps
-            log_now = completed % args.log_every == 0 or is_last
-            grad_norm = training.gradient_norm(parameters) if log_now else None  # logged only: no clipping (METER)
+        # ---- forward and backward over this process's micro-batches of the endless, seeded stream; each
+        # loss is divided by the global batch size, so that they add up to the global mean (see pretrain.py)
+        step_sums = {}
+        first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
+        for index in range(accumulation_steps):
+            # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
+            torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
+            if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
+                ddp.require_backward_grad_sync = index == accumulation_steps - 1
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):  # --dtype bf16
+                losses = objective(training.to_device(next(loader), device), normaliser=args.batch)
+            # DDP averages the processes' gradients where the global mean needs their sum: undo its division
+            (losses.pop("loss") * world_size).backward()
+            training.add_sums(step_sums, losses)
+        # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
+        step_sums["stop"] = torch.tensor(float(run.stop_requested is not None), device=device)
+        sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
+        if not math.isfinite(sums["loss_sum"]):
+            raise ValueError(f"loss is not finite at step {step + 1} ({sums['loss_sum']}): training stopped, "
+                             f"last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
+        completed, stopping = step + 1, sums.pop("stop") > 0
+        is_last = completed == args.steps
+        log_now = completed % args.log_every == 0 or is_last
+        # the gradient norm, logged only: max_norm=inf measures and never clips (METER does not clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, math.inf).item() if log_now else None
 
-            # ---- the update
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            training.add_sums(logged_sums, sums)
+        # ---- the update
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        training.add_sums(logged_sums, sums)
 
-            # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only)
-            if rank == 0 and log_now:
-                log.train_line(completed, lr, vqa_means(logged_sums), grad_norm)
-                logged_sums = {}
-            if rank == 0 and (completed % args.eval_every == 0 or is_last):
-                results = evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, device, completed,
-                                                 history, best_accuracy, saved_files)
-                best_accuracy = max(best_accuracy, results["overall"]["accuracy"])
-                log.eval_line(completed, "dev", dev_means(results))
-            if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
-                checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
-                    "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch,
-                    "history": history, "best_accuracy": best_accuracy}, saved_files)
-                log.saved(completed)
-            if stopping:
-                training.stop_after_signal(stop_signal.requested, completed, args, rank)
+        # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only)
+        if rank == 0 and log_now:
+            log.train_line(completed, lr, vqa_means(logged_sums), grad_norm)
+            logged_sums = {}
+        if rank == 0 and (completed % args.eval_every == 0 or is_last):
+            results = evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, device, completed,
+                                             history, best_accuracy, saved_files)
+            best_accuracy = max(best_accuracy, results["overall"]["accuracy"])
+            log.eval_line(completed, "dev", dev_means(results))
+        if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
+            checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
+                "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch,
+                "history": history, "best_accuracy": best_accuracy}, saved_files)
+            log.saved(completed)
+        if stopping:
+            run.stop(completed, run.stop_requested)
     if rank == 0:  # the final model on the dev questions as one page: answers, attention maps, accuracy per type
         report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab, args.max_len,
                             dev_entries, reference_answer, f"{args.out}: dev questions after {args.steps} steps")
-    training.release_output_folder(args, rank)
-    training.say(rank, f"done: {args.out}/results.json, dev_report.html, dev_predictions.jsonl, model.safetensors, "
-                       "best/")
+    run.finish()
+    if rank == 0:
+        print(f"done: {args.out}/results.json, dev_report.html, dev_predictions.jsonl, model.safetensors, best/")
     return model
 
 

@@ -443,7 +443,8 @@ def text_embedding_rows(text_path) -> int:
 
 def build_fresh_model(args, tokenizer, rank: int, num_answers: int = 0):
     """A --config / --arch model whose vocabulary is the tokenizer's, seeded by --seed; its encoders from
-    --clip / --text when given, else random (warned). A tokenizer that does not fit --text is refused first."""
+    --clip / --text when given, else random (warned). A tokenizer that does not fit --text is refused first, one
+    that does not fit the model (or a --max-len it cannot take) after."""
     if args.text:
         if not os.path.exists(args.text):
             raise FileNotFoundError(f"{args.text}: text encoder checkpoint not found")
@@ -458,6 +459,7 @@ def build_fresh_model(args, tokenizer, rank: int, num_answers: int = 0):
     for flag, path, encoder in [("--clip", args.clip, "image"), ("--text", args.text, "text")]:
         if path is None and rank == 0:
             print(f"warning: no {flag}: the {encoder} encoder starts from random weights", file=sys.stderr)
+    check_model_fits(model, tokenizer, args.max_len)
     return model
 
 

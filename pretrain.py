@@ -40,7 +40,7 @@ import check
 import data
 import formats
 import training
-from load_weights import build_fresh_model, check_model_fits
+from load_weights import build_fresh_model
 from model import build_optimizer
 
 # The recipe: METER's learning-rate multipliers; the paper's defaults and the laptop demo's.
@@ -168,7 +168,7 @@ def evaluate_pretraining(model, loader, tokenizer, args, device):
     sums = {}
     for batch_index, batch in enumerate(loader):
         batch = add_pretrain_targets(batch, tokenizer, training.seeded_generator(args.seed, "val", batch_index))
-        with training.autocast(device, args.dtype):
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):
             losses = pretrain_losses(model, training.to_device(batch, device))
         training.add_sums(sums, {name: value for name, value in losses.items() if name != "loss"})
     model.train()
@@ -184,13 +184,13 @@ def train(args):
     rank, world_size, device = training.setup_processes(args.device)
     args = training.settle_flags(args, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS, rank, world_size, device)
     accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
-    training.claim_output_folder(args, rank)
+    run = training.RunFolder(args, rank)  # claims --out; catches SIGTERM / SIGINT from here on
     tokenizer = data.Tokenizer.load(args.tokenizer)
     entries = check.read_usable(formats.read_captions(args.captions, args.images), args.max_bad_share, rank)
     train_entries, held_out_entries = split_held_out(entries, args.seed)
-    training.say(rank, f"captions: {len(train_entries)} for training, {len(held_out_entries)} held out")
+    if rank == 0:
+        print(f"captions: {len(train_entries)} for training, {len(held_out_entries)} held out")
     model = build_fresh_model(args, tokenizer, rank)  # model.build_model, encoders from --clip / --text
-    check_model_fits(model, tokenizer, args.max_len)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, PRETRAIN_LR_MULTIPLIERS)
     start_step = checkpoints.resume(args, model, optimizer)["step"] if args.resume else 0
@@ -210,68 +210,69 @@ def train(args):
     logged_sums = {}
 
     model.train()
-    with training.StopSignal() as stop_signal:
-        for step in range(start_step, args.steps):
-            # ---- the learning rate of this update, set by hand: warmup then linear decay, times each group's multiplier
-            lr = training.lr_at(step, args.steps, args.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_multiplier"]
+    for step in range(start_step, args.steps):
+        # ---- the learning rate of this update, set by hand: warmup then linear decay, times each group's multiplier
+        lr = training.lr_at(step, args.steps, args.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_multiplier"]
 
-            # ---- the targets of this process's micro-batches (from the endless, seeded stream of the loader)
-            first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
-            micro_batches = [add_pretrain_targets(next(loader), tokenizer, training.seeded_generator(
-                args.seed, step, first_index + index, "targets")) for index in range(accumulation_steps)]
-            # The loss must be the mean over the whole global batch, however it is cut into micro-batches and
-            # processes. Each micro-batch's loss is therefore its summed cross-entropy divided by a global count:
-            # the MLM loss by the masked tokens of the global batch (counted here, added up over processes),
-            # the ITM loss by the global batch size. Summed over micro-batches and processes, these losses are the
-            # global means, and so are their gradients, added up in .grad by the backward passes.
-            masked = sum((batch["mlm_labels"] != -100).sum() for batch in micro_batches).to(device)
-            masked_count = max(training.sum_across_processes({"masked": masked}, world_size)["masked"], 1.0)
+        # ---- the targets of this process's micro-batches (from the endless, seeded stream of the loader)
+        first_index = rank * accumulation_steps  # position of this process's first micro-batch in the global batch
+        micro_batches = [add_pretrain_targets(next(loader), tokenizer, torch.Generator().manual_seed(
+            training.derived_seed(args.seed, step, first_index + index, "targets"))) for index in range(accumulation_steps)]
+        # The loss must be the mean over the whole global batch, however it is cut into micro-batches and
+        # processes. Each micro-batch's loss is therefore its summed cross-entropy divided by a global count:
+        # the MLM loss by the masked tokens of the global batch (counted here, added up over processes),
+        # the ITM loss by the global batch size. Summed over micro-batches and processes, these losses are the
+        # global means, and so are their gradients, added up in .grad by the backward passes.
+        masked = sum((batch["mlm_labels"] != -100).sum() for batch in micro_batches).to(device)
+        masked_count = max(training.sum_across_processes({"masked": masked}, world_size)["masked"], 1.0)
 
-            # ---- forward and backward, micro-batch by micro-batch
-            step_sums = {}
-            for index, batch in enumerate(micro_batches):
-                # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
-                torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
-                if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
-                    ddp.require_backward_grad_sync = index == accumulation_steps - 1
-                with training.autocast(device, args.dtype):
-                    losses = objective(training.to_device(batch, device), mlm_normaliser=masked_count,
-                                       itm_normaliser=args.batch)
-                # DDP averages the processes' gradients where the global mean needs their sum: undo its division
-                (losses.pop("loss") * world_size).backward()
-                training.add_sums(step_sums, losses)
-            # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
-            step_sums["stop"] = torch.tensor(float(stop_signal.requested is not None), device=device)
-            sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
-            if not all(math.isfinite(sums[name]) for name in ("mlm_loss_sum", "itm_loss_sum")):
-                raise ValueError(f"loss is not finite at step {step + 1} ({objective_means(sums)}): training "
-                                 f"stopped, last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
-            completed, stopping = step + 1, sums.pop("stop") > 0
-            is_last = completed == args.steps
-            log_now = completed % args.log_every == 0 or is_last
-            grad_norm = training.gradient_norm(parameters) if log_now else None  # logged only: no clipping (METER)
+        # ---- forward and backward, micro-batch by micro-batch
+        step_sums = {}
+        for index, batch in enumerate(micro_batches):
+            # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
+            torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
+            if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
+                ddp.require_backward_grad_sync = index == accumulation_steps - 1
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):  # --dtype bf16
+                losses = objective(training.to_device(batch, device), mlm_normaliser=masked_count,
+                                   itm_normaliser=args.batch)
+            # DDP averages the processes' gradients where the global mean needs their sum: undo its division
+            (losses.pop("loss") * world_size).backward()
+            training.add_sums(step_sums, losses)
+        # a stop signal ends the run after this step: the flag travels with the sums so all processes agree
+        step_sums["stop"] = torch.tensor(float(run.stop_requested is not None), device=device)
+        sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
+        if not all(math.isfinite(sums[name]) for name in ("mlm_loss_sum", "itm_loss_sum")):
+            raise ValueError(f"loss is not finite at step {step + 1} ({objective_means(sums)}): training "
+                             f"stopped, last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
+        completed, stopping = step + 1, sums.pop("stop") > 0
+        is_last = completed == args.steps
+        log_now = completed % args.log_every == 0 or is_last
+        # the gradient norm, logged only: max_norm=inf measures and never clips (METER does not clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, math.inf).item() if log_now else None
 
-            # ---- the update
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            training.add_sums(logged_sums, sums)
+        # ---- the update
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        training.add_sums(logged_sums, sums)
 
-            # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only)
-            if rank == 0 and log_now:
-                log.train_line(completed, lr, objective_means(logged_sums), grad_norm)
-                logged_sums = {}
-            if rank == 0 and held_out_entries and (completed % args.eval_every == 0 or is_last):
-                log.eval_line(completed, "val", evaluate_pretraining(model, held_out_loader, tokenizer, args, device))
-            if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
-                checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
-                    "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, saved_files)
-                log.saved(completed)
-            if stopping:
-                training.stop_after_signal(stop_signal.requested, completed, args, rank)
-    training.release_output_folder(args, rank)
-    training.say(rank, f"done: {args.out}/model.safetensors, metrics.jsonl, curves.png")
+        # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only)
+        if rank == 0 and log_now:
+            log.train_line(completed, lr, objective_means(logged_sums), grad_norm)
+            logged_sums = {}
+        if rank == 0 and held_out_entries and (completed % args.eval_every == 0 or is_last):
+            log.eval_line(completed, "val", evaluate_pretraining(model, held_out_loader, tokenizer, args, device))
+        if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
+            checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
+                "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, saved_files)
+            log.saved(completed)
+        if stopping:
+            run.stop(completed, run.stop_requested)
+    run.finish()
+    if rank == 0:
+        print(f"done: {args.out}/model.safetensors, metrics.jsonl, curves.png")
     return model
 
 

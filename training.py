@@ -163,7 +163,7 @@ def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# Schedule and gradients
+# The learning-rate schedule
 
 
 def lr_at(step, total_steps, peak_lr, warmup_share=WARMUP_SHARE):
@@ -173,12 +173,6 @@ def lr_at(step, total_steps, peak_lr, warmup_share=WARMUP_SHARE):
     if step < warmup_steps:
         return peak_lr * step / warmup_steps
     return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def gradient_norm(parameters):
-    """L2 norm of all gradients together (no clipping)."""
-    gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
-    return torch.nn.utils.get_total_norm(gradients).item() if gradients else 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,11 +258,6 @@ def to_device(batch, device):
     """Tensors to the device; from pinned memory the copy runs while the GPU works."""
     return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
             for key, value in batch.items()}
-
-
-def autocast(device, dtype):
-    """bf16 autocast when dtype is "bf16" (matrix products in bf16, softmax, norms and losses in fp32)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,69 +368,61 @@ def run_command(command):
 
 
 # ----------------------------------------------------------------------------------------------
-# Stopping on a signal, and output folders that hold a run
+# The output folder of a run, and stopping on a signal
 
 
-class StopSignal:
-    """Catches SIGTERM and SIGINT: `requested` turns true and the loop ends after its step, with a checkpoint.
-    A second Ctrl-C stops at once."""
+class RunFolder:
+    """--out for the length of a run, on every process. Made at the start of `train`, it
+    - refuses an --out that holds a run (finished or not) unless --resume or --overwrite says what to do with
+      it, and one that a live process on this machine is training into; marks the folder as running (process 0);
+    - catches SIGTERM and SIGINT (a scheduler's preemption, Ctrl-C): `stop_requested` turns true and the loop
+      ends after its step, with a checkpoint (`stop`). A second Ctrl-C stops at once.
+    `finish` releases the folder and the signals at the end of a run."""
 
-    def __init__(self):
-        self.requested = None
-        self.previous = {}
+    def __init__(self, args, rank):
+        self.out, self.rank, self.stop_requested = args.out, rank, None
+        if rank == 0:
+            self.claim(args)
+        self.previous_handlers = {number: signal.signal(number, self.handle) for number in (signal.SIGTERM, signal.SIGINT)}
 
-    def __enter__(self):
-        for number in (signal.SIGTERM, signal.SIGINT):
-            self.previous[number] = signal.signal(number, self.handle)
-        return self
+    def claim(self, args):
+        os.makedirs(args.out, exist_ok=True)
+        lock_path = os.path.join(args.out, "running.json")
+        if os.path.exists(lock_path):
+            lock = read_json(lock_path)
+            if lock.get("host") == socket.gethostname() and lock.get("pid") != os.getpid() and process_alive(lock.get("pid")):
+                raise ValueError(f"{args.out}: process {lock['pid']} on this machine is training into it; "
+                                 "choose another --out or stop that run first")
+        state_path = os.path.join(args.out, "training_state.json")
+        if os.path.exists(state_path) and not (args.resume or args.overwrite):
+            state = read_json(state_path)
+            finished = state["step"] >= state["args"]["steps"]
+            raise ValueError(f"{args.out} holds a {'finished' if finished else 'stopped'} run (step {state['step']} of "
+                             f"{state['args']['steps']}): add --resume to continue it or --overwrite to start again")
+        write_json(lock_path, {"host": socket.gethostname(), "pid": os.getpid()})
 
     def handle(self, number, frame):
-        if self.requested and number == signal.SIGINT:
+        if self.stop_requested and number == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = signal.Signals(number).name
+        self.stop_requested = signal.Signals(number).name
 
-    def __exit__(self, *exception):
-        for number, handler in self.previous.items():
+    def stop(self, step, signal_name):
+        """End the run after the checkpoint of `step`, saying how to resume it."""
+        self.finish()
+        raise SystemExit(f"stopped by {signal_name or 'a signal to another process'} after step {step}, checkpoint "
+                         f"saved in {self.out}; resume with: {resume_command()}")
+
+    def finish(self):
+        for number, handler in self.previous_handlers.items():
             signal.signal(number, handler)
+        if self.rank == 0 and os.path.exists(os.path.join(self.out, "running.json")):
+            os.remove(os.path.join(self.out, "running.json"))
 
 
 def resume_command():
     """The command line that resumes this run: the same arguments plus --resume."""
     arguments = [argument for argument in sys.argv[1:] if argument not in ("--resume", "--overwrite")]
     return " ".join(["python", os.path.basename(sys.argv[0]), *arguments, "--resume"])
-
-
-def claim_output_folder(args, rank):
-    """Refuse an --out that holds a run (finished or not) unless --resume or --overwrite says what to do
-    with it, and one that a live process on this machine is training into. Marks the folder as running."""
-    if rank != 0:
-        return
-    os.makedirs(args.out, exist_ok=True)
-    lock_path = os.path.join(args.out, "running.json")
-    if os.path.exists(lock_path):
-        lock = read_json(lock_path)
-        if lock.get("host") == socket.gethostname() and lock.get("pid") != os.getpid() and process_alive(lock.get("pid")):
-            raise ValueError(f"{args.out}: process {lock['pid']} on this machine is training into it; "
-                             "choose another --out or stop that run first")
-    state_path = os.path.join(args.out, "training_state.json")
-    if os.path.exists(state_path) and not (args.resume or args.overwrite):
-        state = read_json(state_path)
-        finished = state["step"] >= state["args"]["steps"]
-        raise ValueError(f"{args.out} holds a {'finished' if finished else 'stopped'} run (step {state['step']} of "
-                         f"{state['args']['steps']}): add --resume to continue it or --overwrite to start again")
-    write_json(lock_path, {"host": socket.gethostname(), "pid": os.getpid()})
-
-
-def stop_after_signal(signal_name, step, args, rank):
-    """End the run after the checkpoint of `step`, saying how to resume it."""
-    release_output_folder(args, rank)
-    raise SystemExit(f"stopped by {signal_name or 'a signal to another process'} after step {step}, checkpoint "
-                     f"saved in {args.out}; resume with: {resume_command()}")
-
-
-def release_output_folder(args, rank):
-    if rank == 0 and os.path.exists(os.path.join(args.out, "running.json")):
-        os.remove(os.path.join(args.out, "running.json"))
 
 
 def process_alive(pid):
@@ -454,12 +435,6 @@ def process_alive(pid):
 
 # ----------------------------------------------------------------------------------------------
 # What a run tells: log lines on the terminal and in metrics.jsonl, curves.png
-
-
-def say(rank, message):
-    """Print on process 0 only."""
-    if rank == 0:
-        print(message, flush=True)
 
 
 def format_duration(seconds):
