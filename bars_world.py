@@ -1,12 +1,12 @@
 """The second synthetic world: coloured bars standing on a baseline, with dots above some of them.
 
-Off the reading path, beside demo.py. A result measured only on the data that the same code generated is
+Off the reading path, beside shapes_world.py. A result measured only on the data that the same code generated is
 not yet shown, so the demo has a second world made by other code: its own objects (bars of three heights,
 dots), relations (taller than, left of, on top of, the tallest, the leftmost), sentence templates and
-pictures. demo.py writes it in the same AIHub layouts as the shapes world and trains its tokenizer on its
+pictures. demo_data.py writes it in the same AIHub layouts as the shapes world and trains its tokenizer on its
 text; `--world bars` selects it in the demo commands.
 
-    python demo.py --world bars    # writes demo_data_bars/ in about 2 s on CPU; the same seed, the same bytes
+    python demo_data.py --world bars    # writes demo_data_bars/ in about 2 s on CPU; the same seed, the same bytes
 
 Choices:
 - Four slots on a baseline hold 2 to 4 bars, each 낮은, 중간 높이의 or 높은 (one, two or three units
