@@ -25,7 +25,7 @@ import shutil
 from safetensors.torch import load_file, save_file
 
 SNAPSHOTS_KEPT = 2  # step_NNNNNN/ folders kept beside the latest checkpoint
-RESUME_MUST_MATCH = ["config", "batch", "steps", "lr", "seed", "image_size", "max_len"]
+RESUME_MUST_MATCH = ["config", "batch", "micro_batch", "steps", "lr", "seed", "image_size", "max_len"]  # what the draws depend on
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ Second stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.
   4. caption and VQA datasets and their collates, the answer vocabulary, soft scores and the dev split.
 Reading the AIHub files into entries is formats.py's job; the synthetic demo set is demo_data.py's.
 
+    python demo_data.py --out demo_data   # first, once: the demo set and its tokenizer (1 s on CPU)
     python -c "import data; print(data.Tokenizer.load('demo_data/tokenizer.json').encode(['빨간색 원이 있다.'], 40))"
-    # after python demo_data.py --out demo_data (1 s on CPU)
 
 Choices where the papers are silent:
 - Tokenizer: [CLS] and [SEP] are added here, not by the file's post-processor, so tokenizer.json and vocab.txt
@@ -18,6 +18,9 @@ Choices where the papers are silent:
 - RandAugment runs on the decoded picture before resize and crop (as METER's does), magnitude M on the
   usual 0..30 scale (level = M / 30); each operation's strength at level 1 is in RandAugment.OPERATIONS;
   geometric and enhancement operations take a random sign; uncovered area is grey.
+- A large JPEG is decoded at 1/2, 1/4 or 1/8 scale when that still leaves both sides at least the target
+  size (image_files.open_rgb's min_side, libjpeg's DCT scaling), then resized as CLIP does: much less work,
+  pixels within a grey level or two of decoding at full size.
 """
 
 import os
@@ -300,7 +303,7 @@ def collate_captions(items, tokenizer, max_len):
 
 
 def answer_scores(answers):
-    """{answer: soft score}: VQA v2's metric, min(1, 0.3 x the annotators who gave it), so an answer 4 of 10
+    """{answer: soft score}: METER's soft target (close to VQA v2's metric), min(1, 0.3 x the annotators who gave it), so an answer 4 of 10
     annotators gave is fully right and one given once 0.3 right. A data set with one answer per question (the
     AIHub sets) gives that answer 1."""
     counts = Counter(answers)

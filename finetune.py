@@ -13,18 +13,19 @@ without it; the ViLT baseline without it) and prints the paper's tables (demo.ru
 repeats each run with N seeds, --world bars uses the second synthetic world. The paper's run:
 
     python finetune.py --train vqa/train --dev-size 3000 --images vqa/images --tokenizer klue/tokenizer.json \
-        --pretrained pretrain_out/ --image-size 384 --batch 512 --steps 10250
+        --pretrained pretrain_out/ --image-size 384 --batch 512 --micro-batch 64 --steps 10250
 
 Without --pretrained, --clip/--text give the paper's "without pretraining" run (with neither, every weight starts
 random). --pretrained builds the model its checkpoint holds (load_weights.load_meter) and --image-size resizes
 its position embeddings. --out receives the checkpoint, answers.json (index = class), best/, results.json,
 dev_predictions.jsonl, metrics.jsonl, curves.png and dev_report.html (report.py: every dev question with its
-answers and where the model looked).
+answers and where the model looked, for the final model; a run stopped by a signal leaves none).
 
 Choices where the papers are silent:
 - Exact-match accuracy compares the predicted answer with the most frequent annotator answer (the first
   given on a tie); a dev question whose answers are all outside the vocabulary counts, and scores 0.
-- The MLM and ITM heads of a pretrained checkpoint are kept in the saved model but frozen.
+- The MLM and ITM heads get no gradient from VQA: frozen, and kept in the saved model (a pretrained
+  checkpoint's as they were).
 - The demo's answers are colours, counts and positions, so its RandAugment keeps only the operations that
   leave them true (--augment safe); real photographs get METER's full set.
 """
@@ -52,7 +53,7 @@ from model import build_optimizer
 FINETUNE_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 5.0, "heads": 50.0}
 FINETUNE_DEFAULTS = {
     "config": "base", "batch": 512, "steps": 10250, "lr": 5e-6, "max_len": 40,
-    "log_every": 50, "eval_every": None, "save_every": 1000, "out": "finetune_out", "workers": 4,
+    "log_every": 50, "eval_every": None, "save_every": 1000, "out": "finetune_out", "workers": 4,  # None: thirds
     "augment": "all",
 }  # the image size is the model's (224) unless --image-size: the paper's run passes 384
 FINETUNE_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
@@ -184,6 +185,7 @@ def train(args):
     # ---- set-up: processes, then every flag left unset gets its value, in one visible call
     rank, world_size, device = training.setup_processes(args.device)
     args = training.settle_flags(args, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS, rank, world_size, device)
+    # --micro-batch defaults to the batch per process; settle_flags refused sizes that do not divide evenly
     accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
     run = training.RunFolder(args, rank)  # claims --out; catches SIGTERM / SIGINT from here on
     tokenizer = data.Tokenizer.load(args.tokenizer)
@@ -200,7 +202,7 @@ def train(args):
     optimizer = build_optimizer(model, args.lr, FINETUNE_LR_MULTIPLIERS)
     state = checkpoints.resume(args, model, optimizer) if args.resume else {"step": 0, "history": [], "best_accuracy": -1.0}
     start_step, history, best_accuracy = state["step"], state["history"], state["best_accuracy"]
-    # the losses around the model, as the loop calls them (with --recompute, --compile, and DDP under torchrun)
+    # objective: what the loop calls; ddp: the DistributedDataParallel module under torchrun, else None (pretrain.py)
     objective, ddp = training.wrap_objective(model, vqa_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
@@ -230,7 +232,9 @@ def train(args):
         for index in range(accumulation_steps):
             # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
             torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
-            if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
+            # DDP all-reduces the gradients during backward: only on the last micro-batch. This flag is what
+            # ddp.no_sync() sets; set directly, it also reaches DDP inside --compile step's wrapper
+            if ddp is not None:
                 ddp.require_backward_grad_sync = index == accumulation_steps - 1
             with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):  # --dtype bf16
                 losses = objective(training.to_device(next(loader), device), normaliser=args.batch)
@@ -254,7 +258,8 @@ def train(args):
         optimizer.zero_grad(set_to_none=True)
         training.add_sums(logged_sums, sums)
 
-        # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only)
+        # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only; the
+        # other processes wait for it in the next step's all-reduce)
         if rank == 0 and log_now:
             log.train_line(completed, lr, vqa_means(logged_sums), grad_norm)
             logged_sums = {}
@@ -268,7 +273,7 @@ def train(args):
                 "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch,
                 "history": history, "best_accuracy": best_accuracy}, saved_files)
             log.saved(completed)
-        if stopping:
+        if stopping:  # raises SystemExit with the command that resumes
             run.stop(completed, run.stop_requested)
     if rank == 0:  # the final model on the dev questions as one page: answers, attention maps, accuracy per type
         report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab, args.max_len,

@@ -21,6 +21,9 @@ Choices where the papers are silent:
   the same checkpoint and the comparison isolates the architecture.
 - Attention runs through F.scaled_dot_product_attention unless probabilities are asked for; the written-out
   path computes the same numbers (tests check both ways agree).
+- Weight decay skips biases and norms, as METER's code does, and also the class, position, modality and
+  token-type embeddings; the modality embedding is part of the fusion and learns at its multiple (METER's code
+  leaves its token-type embedding at the base lr).
 """
 
 import math
@@ -41,10 +44,10 @@ class MeterConfig:
     image_size: int = 224          # input side in pixels; load_weights.py resizes position rows to fit it
     patch_size: int = 16           # each patch_size x patch_size square of pixels becomes one token
     vision_width: int = 768        # CLIP ViT-B token width
-    vision_layers: int = 11        # METER keeps only the first 11 of CLIP's 12 blocks
+    vision_layers: int = 11        # METER keeps only the first 11 of CLIP's 12 blocks (its CLIP wrapper builds layers - 1)
     vision_heads: int = 12         # 768 / 64
     # text encoder: KLUE RoBERTa-base
-    vocab_size: int = 32000        # KLUE WordPiece vocabulary
+    vocab_size: int = 32000        # KLUE WordPiece vocabulary (training sets it to the tokenizer's size)
     text_width: int = 768
     text_layers: int = 12
     text_heads: int = 12

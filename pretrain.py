@@ -6,7 +6,8 @@ tokens, 224 px, 40,000 steps, base lr 1e-5, fusion and heads at 5x). This file h
 objectives, the held-out evaluation and one training loop; the machinery it calls (flags, data order,
 processes, logs) is in training.py and the checkpoint files in checkpoints.py.
 
-    python pretrain.py --demo      # the tiny config on the synthetic demo set, about 5 min on 2 CPU cores
+    python pretrain.py --demo      # the tiny config on the synthetic demo set, minutes on 2 CPU cores
+    python pretrain.py --help      # every flag and its default
 
 The paper's run, on one GPU, or data-parallel with torchrun (--batch stays the global batch):
 
@@ -18,8 +19,9 @@ Choices where the papers are silent:
 - One pass per batch (`pretrain_losses`) gives the same losses and gradients as METER's two passes
   (`pretrain_losses_two_pass`) up to dropout's random masks (tests check it with dropout off; bench.py
   measures the difference).
-- ITM negatives come from the same micro-batch (the images whose encoder output is at hand), as in METER,
-  where each GPU pairs inside its own batch.
+- ITM negatives come from the same micro-batch (the images whose encoder output is at hand). METER's code
+  draws each negative image at random from the whole data set instead (its dataset's false_image_0), which
+  costs one more image encoder pass per negative.
 - The MLM loss is the mean over the masked tokens of the whole global batch and the ITM loss the mean over
   its samples, whatever the micro-batching.
 - The demo recipe (batch 64, 500 steps, base lr 2e-4): ITM needs a batch of about 64 and sits at chance
@@ -183,6 +185,7 @@ def train(args):
     # ---- set-up: processes, then every flag left unset gets its value, in one visible call
     rank, world_size, device = training.setup_processes(args.device)
     args = training.settle_flags(args, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS, rank, world_size, device)
+    # --micro-batch defaults to the batch per process; settle_flags refused sizes that do not divide evenly
     accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
     run = training.RunFolder(args, rank)  # claims --out; catches SIGTERM / SIGINT from here on
     tokenizer = data.Tokenizer.load(args.tokenizer)
@@ -194,13 +197,15 @@ def train(args):
     model.to(device)
     optimizer = build_optimizer(model, args.lr, PRETRAIN_LR_MULTIPLIERS)
     start_step = checkpoints.resume(args, model, optimizer)["step"] if args.resume else 0
-    # the losses around the model, as the loop calls them (with --recompute, --compile, and DDP under torchrun)
+    # objective: what the loop calls, the model and its losses as one module (with --recompute, --compile);
+    # ddp: that module inside DistributedDataParallel under torchrun (often the same object), else None
     objective, ddp = training.wrap_objective(model, pretrain_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     collate = functools.partial(data.collate_captions, tokenizer=tokenizer, max_len=args.max_len)
     image_size = model.cfg.image_size  # --image-size, else the config's
-    # training: an endless stream in a seeded order from start_step, this process's share; held out: one pass
+    # training: an endless stream in a seeded order from start_step; each step, this process gets slice `rank` of
+    # the global batch as accumulation_steps micro-batches of --micro-batch. Held out: one pass, same batch size.
     loader = iter(training.make_loader(data.CaptionDataset(train_entries, image_size), collate, args, device,
                                        start_step, rank, world_size))
     held_out_loader = training.make_loader(data.CaptionDataset(held_out_entries, image_size), collate, args, device)
@@ -211,7 +216,8 @@ def train(args):
 
     model.train()
     for step in range(start_step, args.steps):
-        # ---- the learning rate of this update, set by hand: warmup then linear decay, times each group's multiplier
+        # ---- the learning rate of this update, set by hand: 10% warmup from 0, then linear decay to 0, times
+        # each group's multiplier
         lr = training.lr_at(step, args.steps, args.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_multiplier"]
@@ -224,7 +230,8 @@ def train(args):
         # processes. Each micro-batch's loss is therefore its summed cross-entropy divided by a global count:
         # the MLM loss by the masked tokens of the global batch (counted here, added up over processes),
         # the ITM loss by the global batch size. Summed over micro-batches and processes, these losses are the
-        # global means, and so are their gradients, added up in .grad by the backward passes.
+        # global means, and so are their gradients, added up in .grad by the backward passes. (This is why all
+        # micro-batches are drawn before the first forward pass: the masked count must be known first.)
         masked = sum((batch["mlm_labels"] != -100).sum() for batch in micro_batches).to(device)
         masked_count = max(training.sum_across_processes({"masked": masked}, world_size)["masked"], 1.0)
 
@@ -233,7 +240,9 @@ def train(args):
         for index, batch in enumerate(micro_batches):
             # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
             torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
-            if ddp is not None:  # DDP all-reduces the gradients during backward: only on the last micro-batch
+            # DDP all-reduces the gradients during backward: only on the last micro-batch. This flag is what
+            # ddp.no_sync() sets; set directly, it also reaches DDP inside --compile step's wrapper
+            if ddp is not None:
                 ddp.require_backward_grad_sync = index == accumulation_steps - 1
             with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):  # --dtype bf16
                 losses = objective(training.to_device(batch, device), mlm_normaliser=masked_count,
@@ -258,7 +267,8 @@ def train(args):
         optimizer.zero_grad(set_to_none=True)
         training.add_sums(logged_sums, sums)
 
-        # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only)
+        # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only; the
+        # other processes wait for it in the next step's first all-reduce)
         if rank == 0 and log_now:
             log.train_line(completed, lr, objective_means(logged_sums), grad_norm)
             logged_sums = {}
@@ -268,7 +278,7 @@ def train(args):
             checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
                 "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, saved_files)
             log.saved(completed)
-        if stopping:
+        if stopping:  # raises SystemExit with the command that resumes
             run.stop(completed, run.stop_requested)
     run.finish()
     if rank == 0:

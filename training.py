@@ -14,8 +14,8 @@ Choices where the papers are silent:
   and K processes with micro-batches of m match one process accumulating K micro-batches of m.
 - Data parallelism is PyTorch's DistributedDataParallel under torchrun, one process per GPU, on one node or
   several (torchrun --nnodes).
-- The learning-rate schedule is transformers' get_linear_schedule_with_warmup, which METER uses: update 0
-  runs at lr 0, the peak is reached after 10% of the updates, then a linear decay to 0.
+- The learning-rate schedule is METER's (transformers' polynomial decay with warmup, power 1, which is linear):
+  update 0 runs at lr 0, the peak is reached after 10% of the updates, then a linear decay to 0.
 - No gradient clipping (METER uses none); the gradient norm is logged.
 - SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) ends the current step, saves a checkpoint and exits
   with the command that resumes; data-loading workers ignore both, so the step in flight can finish.
@@ -71,7 +71,8 @@ def add_training_flags(parser, recipe, demo_recipe):
     parser.add_argument("--max-len", type=int, help=f"text length in tokens, [CLS] and [SEP] included {default_text('max_len')}")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, masks and dropout (default: 0)")
     parser.add_argument("--log-every", type=int, help=f"steps between log lines {default_text('log_every')}")
-    parser.add_argument("--eval-every", type=int, help=f"steps between held-out evaluations {default_text('eval_every')}")
+    parser.add_argument("--eval-every", type=int, help=f"steps between held-out (pretraining) or dev (fine-tuning) "
+                        f"evaluations {default_text('eval_every')}")
     parser.add_argument("--save-every", type=int, help=f"steps between checkpoints {default_text('save_every')}")
     parser.add_argument("--out", help=f"output folder {default_text('out')}")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
@@ -127,7 +128,9 @@ def parse_flags(parser, argv, required):
 
 
 def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
-    """A copy of the flags with every one left unset given its value, the one place where that happens:
+    """A copy of the flags with every one left unset given its value. Flags with one fixed default (--seed 0,
+    --max-bad-share 0.05, --arch meter, ...) have it in their argparse definition; every value that depends on
+    the script, on --demo or on the machine is given here, and only here:
     - with --demo, the demo set of --world (made by process 0 while the others wait) gives the data flags,
       and its folders get the world's suffix;
     - the script's recipe gives the rest (`demo_recipe` over it with --demo); --eval-every left unset in
