@@ -16,7 +16,6 @@ import types
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import checkpoints
@@ -85,9 +84,11 @@ def test_a_crash_while_saving_a_checkpoint_leaves_the_previous_one(tmp_path, mon
 
 
 def test_resume_refuses_a_changed_recipe():
-    saved = {"config": "tiny", "batch": 8, "steps": 6, "lr": 1e-3, "seed": 0, "image_size": 64, "max_len": 16}
-    checkpoints.check_resume_args(argparse.Namespace(**saved, micro_batch=4), saved)
-    for name, flag, value in [("config", "--config", "base"), ("batch", "--batch", 16), ("steps", "--steps", 12),
+    saved = {"config": "tiny", "batch": 8, "micro_batch": 4, "steps": 6, "lr": 1e-3, "seed": 0, "image_size": 64,
+             "max_len": 16}
+    checkpoints.check_resume_args(argparse.Namespace(**saved, workers=2), saved)  # other flags may change
+    for name, flag, value in [("config", "--config", "base"), ("batch", "--batch", 16), ("micro_batch", "--micro-batch", 2),
+                              ("steps", "--steps", 12),
                               ("lr", "--lr", 2e-3), ("seed", "--seed", 1), ("image_size", "--image-size", 32),
                               ("max_len", "--max-len", 20)]:
         with pytest.raises(ValueError) as error:
