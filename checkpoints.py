@@ -5,27 +5,35 @@ killed run resumes. A run's folder (--out) holds:
   step_NNNNNN/            one complete checkpoint per save (the last SNAPSHOTS_KEPT are kept):
     model.safetensors       the weights, the model's config in the safetensors metadata (load_weights.load_meter)
     optimizer.safetensors   AdamW's exp_avg, exp_avg_sq and step, by parameter name
-    training_state.json     step, flags, samples seen (finetune.py adds its dev history)
+    training_state.json     step, flags, samples seen (finetune.py adds its dev history), the SHA-256 of each
+                            .safetensors file beside it
     tokenizer.json|vocab.txt, answers.json   what predict.py needs beside the weights
   model.safetensors, optimizer.safetensors, training_state.json   hard links to the latest snapshot
-  best/                   finetune.py: the model with the best dev accuracy so far
+  best/                   finetune.py: the model with the best dev accuracy so far (and its checksum)
 
     python -c "import checkpoints; print(checkpoints.resolve_checkpoint('out/pretrain_demo'))"   # after a demo
 
 Every write goes to a temporary name first and is renamed into place (`atomic_write`), so a crash or a
-SIGTERM at any moment leaves the previous file, or the previous checkpoint folder, whole. Nothing here
-loads a pickle: weights and optimizer state are safetensors, everything else JSON.
+SIGTERM at any moment leaves the previous file, or the previous checkpoint folder, whole; a checkpoint folder
+that cannot be written whole (a full disk) is removed. A file damaged later (cut short, a flipped bit) no longer
+matches its checksum: --resume then passes over its snapshot to the newest whole one, and load_weights.py and
+predict.py refuse it in one line. Nothing here loads a pickle: weights and optimizer state are safetensors,
+everything else JSON.
 """
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 
 from safetensors.torch import load_file, save_file
 
 SNAPSHOTS_KEPT = 2  # step_NNNNNN/ folders kept beside the latest checkpoint
 RESUME_MUST_MATCH = ["config", "batch", "micro_batch", "steps", "lr", "seed", "image_size", "max_len"]  # what the draws depend on
+STATE_FILE = "training_state.json"  # in every checkpoint folder: the training state and the files' checksums
+RESUME_FILES = ["model.safetensors", "optimizer.safetensors"]  # what --resume reads from a snapshot
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,6 +77,31 @@ def save_model(model, path, metadata=None):
     info = {"format": "ko-meter", "config": json.dumps(model.cfg.to_dict()), **(metadata or {})}
     with atomic_path(path) as temporary:
         save_file(state, temporary, metadata=info)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checksums: telling a whole file from a damaged one
+
+
+def file_checksum(path):
+    """SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path):
+    """Refuse, in one line, a file whose bytes differ from the checksum that the training_state.json beside it
+    recorded when it was saved. A file with no checksum recorded (not a checkpoint's) passes."""
+    state_path = os.path.join(os.path.dirname(os.path.abspath(path)), STATE_FILE)
+    if not os.path.isfile(state_path):
+        return
+    expected = read_json(state_path).get("checksums", {}).get(os.path.basename(path))
+    if expected is not None and file_checksum(path) != expected:
+        raise ValueError(f"{path}: damaged file: its SHA-256 is not the one {STATE_FILE} recorded when it was "
+                         "saved (cut short or changed since)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,20 +166,45 @@ def load_optimizer_tensors(optimizer, tensors, path):
 
 def write_folder(folder, model, model_metadata, extra_files=(), json_files=None, tensor_files=None):
     """Write a checkpoint folder under a temporary name and rename it into place: model.safetensors,
-    copies of extra_files, {name: value} JSON files and {name: tensors} safetensors files."""
+    {name: tensors} safetensors files, copies of extra_files, {name: value} JSON files, and training_state.json
+    (the one among json_files, or a new one) with the SHA-256 of each safetensors file. A folder that cannot be
+    written whole, on a full disk say, is removed and the error raised: the previous checkpoint stays as it was."""
     temporary = f"{folder}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
-    save_model(model, os.path.join(temporary, "model.safetensors"), model_metadata)
-    for name, tensors in (tensor_files or {}).items():
-        save_file(tensors, os.path.join(temporary, name))
-    for path in extra_files:
-        shutil.copy2(path, os.path.join(temporary, os.path.basename(path)))
-    for name, value in (json_files or {}).items():
-        write_json(os.path.join(temporary, name), value)
+    json_files, tensor_files = dict(json_files or {}), tensor_files or {}
+    try:
+        save_model(model, os.path.join(temporary, "model.safetensors"), model_metadata)
+        for name, tensors in tensor_files.items():
+            save_file(tensors, os.path.join(temporary, name))
+        for path in extra_files:
+            shutil.copy2(path, os.path.join(temporary, os.path.basename(path)))
+        checksums = {name: file_checksum(os.path.join(temporary, name))
+                     for name in ["model.safetensors", *tensor_files]}
+        json_files[STATE_FILE] = {**json_files.get(STATE_FILE, {}), "checksums": checksums}
+        for name, value in json_files.items():
+            write_json(os.path.join(temporary, name), value)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(temporary, folder)
     return folder
+
+
+def checkpoint_bytes(model):
+    """About what one step_NNNNNN/ folder takes on disk: the weights, and AdamW's two moments and step count for
+    every parameter that trains."""
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+    moments = sum(2 * parameter.numel() * parameter.element_size() + 4
+                  for parameter in model.parameters() if parameter.requires_grad)
+    return weights + moments
+
+
+def snapshot_folders(out_dir):
+    """The step_NNNNNN/ folders of a run, newest first (temporary ones left out)."""
+    names = [name for name in os.listdir(out_dir) if re.fullmatch(r"step_\d+", name)] if os.path.isdir(out_dir) else []
+    return [os.path.join(out_dir, name) for name in sorted(names, key=lambda name: int(name[5:]), reverse=True)]
 
 
 def save_checkpoint(out_dir, step, model, optimizer, state, extra_files=()):
@@ -154,9 +212,9 @@ def save_checkpoint(out_dir, step, model, optimizer, state, extra_files=()):
     OUT/ files at it (hard links renamed into place, training_state.json last). Keeps SNAPSHOTS_KEPT."""
     snapshot = os.path.join(out_dir, f"step_{step:06d}")
     write_folder(snapshot, model, {"step": str(step), "max_len": str(state["args"]["max_len"])}, extra_files,
-                 json_files={"training_state.json": {**state, "step": step}},
+                 json_files={STATE_FILE: {**state, "step": step}},
                  tensor_files={"optimizer.safetensors": optimizer_tensors(optimizer)})
-    for name in ["model.safetensors", "optimizer.safetensors", "training_state.json"]:
+    for name in [*RESUME_FILES, STATE_FILE]:
         link = os.path.join(out_dir, f"{name}.tmp")
         if os.path.exists(link):
             os.remove(link)
@@ -165,23 +223,55 @@ def save_checkpoint(out_dir, step, model, optimizer, state, extra_files=()):
         except OSError:  # a file system without hard links
             shutil.copy2(os.path.join(snapshot, name), link)
         os.replace(link, os.path.join(out_dir, name))
-    snapshots = sorted(name for name in os.listdir(out_dir) if name.startswith("step_") and not name.endswith(".tmp"))
-    for name in snapshots[:-SNAPSHOTS_KEPT]:
-        shutil.rmtree(os.path.join(out_dir, name))
+    for old_snapshot in snapshot_folders(out_dir)[SNAPSHOTS_KEPT:]:
+        shutil.rmtree(old_snapshot)
     return snapshot
 
 
 def load_checkpoint(out_dir, model, optimizer):
-    """Restore the model and optimizer saved by `save_checkpoint`; returns the training state."""
-    state_path = os.path.join(out_dir, "training_state.json")
-    if not os.path.exists(state_path):
-        raise FileNotFoundError(f"{state_path}: no checkpoint to resume from")
-    state = read_json(state_path)
-    folder = os.path.join(out_dir, f"step_{state['step']:06d}")
-    folder = folder if os.path.isdir(folder) else out_dir
-    model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
-    optimizer_path = os.path.join(folder, "optimizer.safetensors")
-    load_optimizer_tensors(optimizer, load_file(optimizer_path), optimizer_path)
+    """Restore the newest whole snapshot saved by `save_checkpoint` into the model and optimizer; returns its
+    training state. A snapshot with a missing or damaged file is passed over, and the line printed says so."""
+    passed_over = []
+    for folder in snapshot_folders(out_dir):
+        try:
+            state, model_tensors, optimizer_tensors = read_snapshot(folder)
+        except (OSError, ValueError) as error:
+            passed_over.append(str(error))
+            continue
+        if passed_over:
+            print(f"resume: passing over {'; '.join(passed_over)}; resuming from {folder}, the newest whole "
+                  "snapshot", flush=True)
+        model.load_state_dict(model_tensors)
+        load_optimizer_tensors(optimizer, optimizer_tensors, os.path.join(folder, "optimizer.safetensors"))
+        return state
+    if not passed_over:
+        raise FileNotFoundError(f"{os.path.join(out_dir, STATE_FILE)}: no checkpoint to resume from")
+    raise ValueError(f"no whole checkpoint to resume from in {out_dir} ({'; '.join(passed_over)}); start again "
+                     "with --overwrite")
+
+
+def read_snapshot(folder):
+    """(training state, model tensors, optimizer tensors) of a step_NNNNNN/ folder that `check_snapshot` finds whole."""
+    state = check_snapshot(folder)
+    tensors = []
+    for name in RESUME_FILES:
+        path = os.path.join(folder, name)
+        try:
+            tensors.append(load_file(path))
+        except Exception as error:  # safetensors raises its own error types for broken headers and short files
+            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    return state, *tensors
+
+
+def check_snapshot(folder):
+    """The training state of a step_NNNNNN/ folder whose files are all there and match their checksums; OSError or
+    ValueError, in one line, for the first file missing or damaged."""
+    state = read_json(os.path.join(folder, STATE_FILE))
+    for name in RESUME_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: missing")
+        verify_checksum(path)
     return state
 
 

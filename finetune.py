@@ -43,6 +43,7 @@ import torch.nn.functional as F
 import checkpoints
 import check
 import data
+import failures
 import formats
 import report
 import training
@@ -53,7 +54,7 @@ from model import build_optimizer
 FINETUNE_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 5.0, "heads": 50.0}
 FINETUNE_DEFAULTS = {
     "config": "base", "batch": 512, "steps": 10250, "lr": 5e-6, "max_len": 40,
-    "log_every": 50, "eval_every": None, "save_every": 1000, "out": "finetune_out", "workers": 4,  # None: thirds
+    "log_every": 50, "eval_every": None, "save_every": 1000, "out": "finetune_out", "workers": "auto",  # None: thirds
     "augment": "all",
 }  # the image size is the model's (224) unless --image-size: the paper's run passes 384
 FINETUNE_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
@@ -200,6 +201,7 @@ def train(args):
     model = build_finetune_model(args, tokenizer, len(answer_vocab), rank)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, FINETUNE_LR_MULTIPLIERS)
+    failures.check_free_space(args.out, model, rank)  # refuse a disk under --out without room for a checkpoint
     state = checkpoints.resume(args, model, optimizer) if args.resume else {"step": 0, "history": [], "best_accuracy": -1.0}
     start_step, history, best_accuracy = state["step"], state["history"], state["best_accuracy"]
     # objective: what the loop calls; ddp: the DistributedDataParallel module under torchrun, else None (pretrain.py)
@@ -245,8 +247,7 @@ def train(args):
         step_sums["stop"] = torch.tensor(float(run.stop_requested is not None), device=device)
         sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
         if not math.isfinite(sums["loss_sum"]):
-            raise ValueError(f"loss is not finite at step {step + 1} ({sums['loss_sum']}): training stopped, "
-                             f"last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
+            raise FloatingPointError(f"loss is not finite at step {step + 1} ({sums['loss_sum']})")
         completed, stopping = step + 1, sums.pop("stop") > 0
         is_last = completed == args.steps
         log_now = completed % args.log_every == 0 or is_last

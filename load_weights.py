@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from checkpoints import atomic_path
+from checkpoints import atomic_path, verify_checksum
 from model import CONFIGS, MeterConfig, TextEmbeddings, build_model, count_parameters
 
 
@@ -38,6 +38,7 @@ def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    verify_checksum(path)  # a checkpoint's file, cut short or changed since it was saved, is refused here
     try:
         with safe_open(path, framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}

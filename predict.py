@@ -34,6 +34,7 @@ from safetensors import safe_open
 
 import checkpoints
 import data
+import failures
 import formats
 import image_files
 import report
@@ -56,9 +57,9 @@ class Answerer:
             raise FileNotFoundError(f"{answers_path}: answer vocabulary not found beside the checkpoint")
         self.answers = checkpoints.read_json(answers_path)
         self.tokenizer = data.Tokenizer.load(folder)
+        self.model = load_meter(model_path, verbose=False).to(device).eval()  # refuses a damaged file in one line
         with safe_open(model_path, "pt") as file:
             self.max_len = int(file.metadata().get("max_len", DEFAULT_MAX_LEN))
-        self.model = load_meter(model_path, verbose=False).to(device).eval()
         if self.model.vqa_head is None or self.model.cfg.num_answers != len(self.answers):
             raise ValueError(f"{model_path}: the VQA head has {self.model.cfg.num_answers} answers but "
                              f"{answers_path} lists {len(self.answers)}")
@@ -203,8 +204,8 @@ def main(argv=None):
                                              report.describe_layer(answerer.model, layer), args.font)
             picture.save(args.explain)
             print(f"where the question looked: {args.explain}")
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    except Exception as error:  # bad input, a damaged checkpoint, or anything else: one line (failures.py)
+        sys.exit(f"error: {failures.describe(error)}")
 
 
 if __name__ == "__main__":

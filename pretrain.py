@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import checkpoints
 import check
 import data
+import failures
 import formats
 import training
 from load_weights import build_fresh_model
@@ -49,7 +50,7 @@ from model import build_optimizer
 PRETRAIN_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 5.0, "heads": 5.0}
 PRETRAIN_DEFAULTS = {
     "config": "base", "batch": 256, "steps": 40000, "lr": 1e-5, "max_len": 40,
-    "log_every": 50, "eval_every": 2000, "save_every": 2000, "out": "pretrain_out", "workers": 4,
+    "log_every": 50, "eval_every": 2000, "save_every": 2000, "out": "pretrain_out", "workers": "auto",
 }
 PRETRAIN_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
     "config": "tiny", "batch": 64, "steps": 500, "lr": 2e-4,
@@ -196,6 +197,7 @@ def train(args):
     model = build_fresh_model(args, tokenizer, rank)  # model.build_model, encoders from --clip / --text
     model.to(device)
     optimizer = build_optimizer(model, args.lr, PRETRAIN_LR_MULTIPLIERS)
+    failures.check_free_space(args.out, model, rank)  # refuse a disk under --out without room for a checkpoint
     start_step = checkpoints.resume(args, model, optimizer)["step"] if args.resume else 0
     # objective: what the loop calls, the model and its losses as one module (with --recompute, --compile);
     # ddp: that module inside DistributedDataParallel under torchrun (often the same object), else None
@@ -254,8 +256,7 @@ def train(args):
         step_sums["stop"] = torch.tensor(float(run.stop_requested is not None), device=device)
         sums = training.sum_across_processes(step_sums, world_size)  # {name: float}, all processes added
         if not all(math.isfinite(sums[name]) for name in ("mlm_loss_sum", "itm_loss_sum")):
-            raise ValueError(f"loss is not finite at step {step + 1} ({objective_means(sums)}): training "
-                             f"stopped, last good checkpoint: {log.last_saved if rank == 0 else '?'} in {args.out}")
+            raise FloatingPointError(f"loss is not finite at step {step + 1} ({objective_means(sums)})")
         completed, stopping = step + 1, sums.pop("stop") > 0
         is_last = completed == args.steps
         log_now = completed % args.log_every == 0 or is_last

@@ -19,9 +19,14 @@ Choices where the papers are silent:
 - No gradient clipping (METER uses none); the gradient norm is logged.
 - SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) ends the current step, saves a checkpoint and exits
   with the command that resumes; data-loading workers ignore both, so the step in flight can finish.
+- Any other end of a command (a full disk, a killed worker, a dead torchrun process, a bug) is failures.py's:
+  one line, no process left behind.
+- --workers left unset is what the machine has: one data-loading worker per core this process may use (the
+  cores shared among the processes of the machine), at most MAX_AUTO_WORKERS, none on a single core.
 """
 
 import argparse
+import ctypes
 import functools
 import hashlib
 import json
@@ -31,11 +36,13 @@ import signal
 import socket
 import sys
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as distributed
 from torch.utils.checkpoint import checkpoint
 
+import failures
 from checkpoints import read_json, write_json, write_jsonl
 from curves import draw_curves
 from demo_data import WORLDS, make_demo, world_suffix
@@ -44,6 +51,9 @@ from model import CONFIGS, PostNormLayer, PreNormBlock
 
 WARMUP_SHARE = 0.1
 COMPILE_MODES = ["layers", "step"]  # --compile's: every transformer layer, or the whole forward pass and losses
+DEMO_WAIT = timedelta(minutes=30)  # the longest the other torchrun processes wait for process 0 to make the demo set
+MAX_AUTO_WORKERS = 8  # --workers auto: enough to feed the base step on a GPU (README, "Speed")
+PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when its parent dies
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +91,9 @@ def add_training_flags(parser, recipe, demo_recipe):
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], help="compute dtype: bf16 autocast or plain fp32 "
                         "(default: bf16 on CUDA, fp32 on CPU); weights, optimizer state and losses stay fp32")
-    parser.add_argument("--workers", type=int, help=f"data loading processes {default_text('workers')}")
+    parser.add_argument("--workers", type=int, help=f"data loading processes {default_text('workers')}; auto: one "
+                        f"per core, the cores shared among the machine's processes, at most {MAX_AUTO_WORKERS}, "
+                        "none on a single core")
     parser.add_argument("--compile", nargs="?", const="layers", choices=COMPILE_MODES, help="torch.compile every "
                         "transformer layer (layers, what a bare --compile means) or the whole step: the forward pass "
                         "and the losses as one graph, its backward pass compiled with it (step)")
@@ -135,17 +147,20 @@ def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
       and its folders get the world's suffix;
     - the script's recipe gives the rest (`demo_recipe` over it with --demo); --eval-every left unset in
       finetune.py's recipe means thirds of the run, the paper's table;
-    - --dtype: bf16 on CUDA, fp32 elsewhere; --micro-batch: the batch divided by the number of processes.
+    - --dtype: bf16 on CUDA, fp32 elsewhere; --micro-batch: the batch divided by the number of processes;
+      --workers "auto" in the recipe: what the machine has (`auto_workers`).
     --image-size is left as given: the model decides it (its config, or a pretrained checkpoint's)."""
     settled = argparse.Namespace(**vars(args))
     if args.demo:
         settled.demo_dir = args.demo_dir or "demo_data" + world_suffix(args.world)
         settled.out = args.out or demo_recipe["out"] + world_suffix(args.world)
+        # process 0 makes the demo set while the others wait, longer than failures.PEER_TIMEOUT allows
+        demo_group = distributed.new_group(timeout=DEMO_WAIT) if world_size > 1 else None
         if world_size > 1 and rank != 0:
-            distributed.barrier()
+            distributed.barrier(group=demo_group)
         paths = make_demo(settled.demo_dir, seed=0, world=args.world)
         if world_size > 1 and rank == 0:
-            distributed.barrier()
+            distributed.barrier(group=demo_group)
         for flag, key in [("captions", "captions"), ("train", "vqa_train"), ("dev", "vqa_dev"),
                           ("images", "images"), ("tokenizer", "tokenizer")]:
             if hasattr(args, flag) and getattr(args, flag) is None:
@@ -155,6 +170,7 @@ def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
         if getattr(settled, name) is None:
             setattr(settled, name, value)
     settled.eval_every = settled.eval_every or math.ceil(settled.steps / 3)
+    settled.workers = auto_workers() if settled.workers == "auto" else settled.workers
     settled.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     if settled.batch % world_size:
         raise ValueError(f"--batch {settled.batch} is not divisible by the {world_size} processes")
@@ -163,6 +179,15 @@ def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
     if per_process % settled.micro_batch:
         raise ValueError(f"--micro-batch {settled.micro_batch} does not divide the {per_process} samples per process")
     return settled
+
+
+def auto_workers():
+    """Data-loading workers for this process: one per core it may use, the cores shared among the processes of
+    this machine (torchrun's LOCAL_WORLD_SIZE), at most MAX_AUTO_WORKERS; none when that leaves one core, where a
+    worker would only take turns with the main process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return min(per_process, MAX_AUTO_WORKERS) if per_process > 1 else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,17 +262,22 @@ class StepBatches:
                 yield list(range(start, start + self.micro_batch_size))
 
 
-def ignore_stop_signals(worker_id):
-    """DataLoader workers leave SIGINT and SIGTERM to the main process, which finishes its step first."""
+def worker_signals(worker_id):
+    """A DataLoader worker leaves SIGINT and SIGTERM to the main process, which finishes its step first, and on
+    Linux dies with it (a SIGKILL the kernel sends when the main process ends, however it ends): no worker outlives
+    a killed main process, nor holds its torchrun connections open. A failing main process ends its workers with
+    SIGKILL itself (failures.end_helper_processes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def make_loader(dataset, collate, args, device, start_step=None, rank=0, world_size=1):
     """With start_step: the training DataLoader, this process's micro-batches for steps start_step ..
     args.steps in the deterministic order. Without: a plain in-order loader for evaluation."""
-    workers = {"num_workers": args.workers, "worker_init_fn": ignore_stop_signals,
-               "pin_memory": device.type == "cuda", "collate_fn": collate}
+    workers = {"num_workers": args.workers, "worker_init_fn": worker_signals, "pin_memory": device.type == "cuda",
+               "collate_fn": collate, "multiprocessing_context": failures.WORKER_CONTEXT if args.workers else None}
     if start_step is None:  # evaluation: the same workers serve every evaluation of the run
         return torch.utils.data.DataLoader(dataset, batch_size=args.micro_batch,
                                            persistent_workers=args.workers > 0, **workers)
@@ -269,7 +299,8 @@ def to_device(batch, device):
 
 def setup_processes(device_flag):
     """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl on
-    CUDA, gloo on CPU; LOCAL_RANK picks the GPU on each node."""
+    CUDA, gloo on CPU; LOCAL_RANK picks the GPU on each node. A collective that waits longer than
+    failures.PEER_TIMEOUT for another process fails: a dead process ends the others."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = torch.device(device_flag or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -277,7 +308,8 @@ def setup_processes(device_flag):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if world_size > 1 and not distributed.is_initialized():
-        distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                       timeout=failures.PEER_TIMEOUT)
     return rank, world_size, device
 
 
@@ -360,14 +392,26 @@ def add_sums(total, sums):
 
 
 def run_command(command):
-    """Run a training command: expected bad input ends it with one line, and processes are released."""
+    """Run a training command so that however it ends, it ends at once, in one line, with no data-loading worker
+    left behind: bad input says what is wrong; any other failure also names the last good checkpoint and the
+    command that resumes (failures.py); a stop signal's line says the same after its checkpoint."""
+    failures.RUN.clear()
+    stop_handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         command()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    except BaseException as error:
+        for number in stop_handlers:  # the run is ending: a signal now could only cut its last line
+            signal.signal(number, signal.SIG_IGN)
+        line = None if isinstance(error, SystemExit) else failures.exit_line(error)  # before the workers are killed
+        failures.end_helper_processes()
+        if line is None:
+            raise
+        sys.exit(line)
     finally:
         if distributed.is_initialized():
             distributed.destroy_process_group()
+        for number, handler in stop_handlers.items():
+            signal.signal(number, handler)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,6 +428,7 @@ class RunFolder:
 
     def __init__(self, args, rank):
         self.out, self.rank, self.stop_requested = args.out, rank, None
+        failures.RUN["out"] = args.out  # the folder a failure's exit line names
         if rank == 0:
             self.claim(args)
         self.previous_handlers = {number: signal.signal(number, self.handle) for number in (signal.SIGTERM, signal.SIGINT)}
@@ -413,7 +458,7 @@ class RunFolder:
         """End the run after the checkpoint of `step`, saying how to resume it."""
         self.finish()
         raise SystemExit(f"stopped by {signal_name or 'a signal to another process'} after step {step}, checkpoint "
-                         f"saved in {self.out}; resume with: {resume_command()}")
+                         f"saved in {self.out}; resume with: {failures.command_line(resume=True)}")
 
     def finish(self):
         for number, handler in self.previous_handlers.items():
@@ -422,10 +467,6 @@ class RunFolder:
             os.remove(os.path.join(self.out, "running.json"))
 
 
-def resume_command():
-    """The command line that resumes this run: the same arguments plus --resume."""
-    arguments = [argument for argument in sys.argv[1:] if argument not in ("--resume", "--overwrite")]
-    return " ".join(["python", os.path.basename(sys.argv[0]), *arguments, "--resume"])
 
 
 def process_alive(pid):
@@ -460,7 +501,6 @@ class RunLog:
         kept = [row for row in self.read() if row["step"] <= start_step] if args.resume else []
         write_jsonl(self.path, kept)
         self.last_step, self.last_time = start_step, time.time()
-        self.last_saved = f"step {start_step}" if args.resume else "none"
         if args.resume:
             print(f"resuming {args.out} at step {start_step}", flush=True)
 
@@ -485,6 +525,5 @@ class RunLog:
         print(f"step {step} {split} | {named_values(means)}", flush=True)
 
     def saved(self, step):
-        """A checkpoint of `step` is whole on disk: remember it for error messages, redraw the curves."""
-        self.last_saved = f"step {step}"
+        """A checkpoint of `step` is whole on disk: redraw the curves."""
         draw_curves(self.read(), os.path.join(os.path.dirname(self.path), "curves.png"))

@@ -91,7 +91,7 @@ def test_resume_is_exact_on_cuda(demo_set, tmp_path, monkeypatch):
         return original(model, *rest, **keywords)
 
     monkeypatch.setattr(pretrain, "pretrain_losses", crash_in_step_three)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(SystemExit, match="RuntimeError: simulated crash"):
         pretrain.main([*arguments, "--out", str(tmp_path / "crashed")])
     monkeypatch.setattr(pretrain, "pretrain_losses", original)
     pretrain.main([*arguments, "--out", str(tmp_path / "crashed"), "--resume"])

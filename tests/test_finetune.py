@@ -100,7 +100,7 @@ def test_finetune_resumes_exactly_with_its_history(demo_set, tmp_path, monkeypat
         return original(model, *rest, **keywords)
 
     monkeypatch.setattr(finetune, "vqa_losses", crash_in_step_three)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(SystemExit, match="RuntimeError: simulated crash"):
         finetune.main([*arguments, "--out", str(tmp_path / "crashed")])
     monkeypatch.setattr(finetune, "vqa_losses", original)
     finetune.main([*arguments, "--out", str(tmp_path / "crashed"), "--resume"])

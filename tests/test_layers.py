@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 # bottom first; a file may import files of its own layer (without a cycle) and of the layers below
 LAYERS = [
     ("the model", ["model.py"]),
-    ("machinery", ["checkpoints.py", "image_files.py", "tokenizer_files.py", "columns.py", "image_index.py",
-                   "formats.py", "check.py", "load_weights.py", "data.py", "shapes_world.py", "bars_world.py",
-                   "demo_data.py", "curves.py", "training.py", "report.py"]),
+    ("machinery", ["checkpoints.py", "failures.py", "image_files.py", "tokenizer_files.py", "columns.py",
+                   "image_index.py", "formats.py", "check.py", "load_weights.py", "data.py", "shapes_world.py",
+                   "bars_world.py", "demo_data.py", "curves.py", "training.py", "report.py"]),
     ("the training scripts", ["pretrain.py", "finetune.py"]),
     ("the commands that drive them", ["demo.py", "bench.py", "predict.py"]),
 ]

@@ -217,7 +217,7 @@ def test_resume_after_a_crash_is_exact(caption_set, tmp_path, monkeypatch, singl
         return original(model, *arguments, **keywords)
 
     monkeypatch.setattr(pretrain, "pretrain_losses", crash_in_step_five)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(SystemExit, match="RuntimeError: simulated crash"):
         pretrain.main(run_arguments(caption_set, tmp_path / "crashed"))
     monkeypatch.setattr(pretrain, "pretrain_losses", original)
     assert json.loads((tmp_path / "crashed" / "training_state.json").read_text())["step"] == 4
