@@ -19,7 +19,9 @@ Choices:
   another torchrun process gone. Any other exception is named by its type and first line, and its whole
   traceback is kept in OUT/traceback.txt.
 - Under torchrun a collective waits at most PEER_TIMEOUT for the other processes, so that when one dies the
-  others end within it; process 0's evaluation and checkpoint between two steps must fit in it.
+  others end within it. Where process 0 alone works for longer (the demo set, an evaluation, a checkpoint),
+  the others wait in training.wait_for_process_0 instead, up to 30 minutes; with --compile, each process's
+  first step, which compiles, must fit in PEER_TIMEOUT of the others'.
 - A run refuses to start when the disk under --out cannot hold one checkpoint.
 """
 

@@ -259,21 +259,24 @@ def train(args):
         optimizer.zero_grad(set_to_none=True)
         training.add_sums(logged_sums, sums)
 
-        # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only; the
-        # other processes wait for it in the next step's all-reduce)
+        # ---- what the step leaves behind: a log line, a dev evaluation, a checkpoint (process 0 only)
         if rank == 0 and log_now:
             log.train_line(completed, lr, vqa_means(logged_sums), grad_norm)
             logged_sums = {}
-        if rank == 0 and (completed % args.eval_every == 0 or is_last):
+        evaluating = (completed % args.eval_every == 0 or is_last)
+        if rank == 0 and evaluating:
             results = evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, device, completed,
                                              history, best_accuracy, saved_files)
             best_accuracy = max(best_accuracy, results["overall"]["accuracy"])
             log.eval_line(completed, "dev", dev_means(results))
-        if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
+        saving = completed % args.save_every == 0 or is_last or stopping
+        if rank == 0 and saving:
             checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
                 "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch,
                 "history": history, "best_accuracy": best_accuracy}, saved_files)
             log.saved(completed)
+        if evaluating or saving:  # the others wait for process 0's evaluation and checkpoint here
+            training.wait_for_process_0(world_size)
         if stopping:  # raises SystemExit with the command that resumes
             run.stop(completed, run.stop_requested)
     if rank == 0:  # the final model on the dev questions as one page: answers, attention maps, accuracy per type

@@ -51,7 +51,7 @@ from model import CONFIGS, PostNormLayer, PreNormBlock
 
 WARMUP_SHARE = 0.1
 COMPILE_MODES = ["layers", "step"]  # --compile's: every transformer layer, or the whole forward pass and losses
-DEMO_WAIT = timedelta(minutes=30)  # the longest the other torchrun processes wait for process 0 to make the demo set
+PROCESS_0_WAIT = timedelta(minutes=30)  # the longest the other torchrun processes wait for process 0's own work
 MAX_AUTO_WORKERS = 8  # --workers auto: enough to feed the base step on a GPU (README, "Speed")
 PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when its parent dies
 
@@ -154,13 +154,11 @@ def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
     if args.demo:
         settled.demo_dir = args.demo_dir or "demo_data" + world_suffix(args.world)
         settled.out = args.out or demo_recipe["out"] + world_suffix(args.world)
-        # process 0 makes the demo set while the others wait, longer than failures.PEER_TIMEOUT allows
-        demo_group = distributed.new_group(timeout=DEMO_WAIT) if world_size > 1 else None
-        if world_size > 1 and rank != 0:
-            distributed.barrier(group=demo_group)
+        if rank != 0:  # process 0 makes the demo set while the others wait
+            wait_for_process_0(world_size)
         paths = make_demo(settled.demo_dir, seed=0, world=args.world)
-        if world_size > 1 and rank == 0:
-            distributed.barrier(group=demo_group)
+        if rank == 0:
+            wait_for_process_0(world_size)
         for flag, key in [("captions", "captions"), ("train", "vqa_train"), ("dev", "vqa_dev"),
                           ("images", "images"), ("tokenizer", "tokenizer")]:
             if hasattr(args, flag) and getattr(args, flag) is None:
@@ -310,7 +308,18 @@ def setup_processes(device_flag):
     if world_size > 1 and not distributed.is_initialized():
         distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                        timeout=failures.PEER_TIMEOUT)
+        SLOW_GROUP.append(distributed.new_group(timeout=PROCESS_0_WAIT))  # for wait_for_process_0
     return rank, world_size, device
+
+
+SLOW_GROUP = []  # the process group of wait_for_process_0, made by setup_processes
+
+
+def wait_for_process_0(world_size):
+    """Every process waits here until all have arrived, up to PROCESS_0_WAIT rather than failures.PEER_TIMEOUT:
+    where process 0 alone does work that may take minutes (the demo set, a held-out evaluation, a checkpoint)."""
+    if world_size > 1:
+        distributed.barrier(group=SLOW_GROUP[-1])
 
 
 class Objective(torch.nn.Module):
@@ -396,12 +405,14 @@ def run_command(command):
     left behind: bad input says what is wrong; any other failure also names the last good checkpoint and the
     command that resumes (failures.py); a stop signal's line says the same after its checkpoint."""
     failures.RUN.clear()
-    stop_handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
     try:
         command()
     except BaseException as error:
-        for number in stop_handlers:  # the run is ending: a signal now could only cut its last line
-            signal.signal(number, signal.SIG_IGN)
+        # the run is ending: a stop signal now could only cut its last line, and torch's SIGCHLD handler would
+        # raise again, mid-line, for the worker whose death is being reported
+        for number in handlers:
+            signal.signal(number, signal.SIG_DFL if number == signal.SIGCHLD else signal.SIG_IGN)
         line = None if isinstance(error, SystemExit) else failures.exit_line(error)  # before the workers are killed
         failures.end_helper_processes()
         if line is None:
@@ -410,8 +421,8 @@ def run_command(command):
     finally:
         if distributed.is_initialized():
             distributed.destroy_process_group()
-        for number, handler in stop_handlers.items():
-            signal.signal(number, handler)
+        for number, handler in handlers.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
 # ----------------------------------------------------------------------------------------------
