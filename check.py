@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from columns import cache_folder
+from columns import cache_folder, tidy_cache
 from formats import ANSWER_TYPES, read_captions, read_vqa
 from image_files import IMAGE_PROBLEMS
 
@@ -48,6 +48,10 @@ def count_of(number, noun):
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
+def size_text(size):
+    return f"{size / 1e6:,.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
 def entry_name(entries, index):
     """Label file and entry, for a line that names an unusable entry."""
     source = entries.value("source", index)
@@ -72,7 +76,8 @@ def bad_line(reason, rows, examples=3):
 
 def summary_lines(entries, good, bad):
     """What `check` prints and the training scripts print before their first step: one `name: value` line per
-    count, the notes, then one line per reason entries are unusable, and where the cache is."""
+    count, the notes, then one line per reason entries are unusable, and where the cache is and what it holds
+    (files made from label files or images that no longer exist are removed first)."""
     lines = [f"entries: {len(entries)}", f"images: {len(np.unique(good.column('image')))}",
              f"{entries.kind}: {len(good)}"]
     notes = entries.columns.notes
@@ -86,7 +91,9 @@ def summary_lines(entries, good, bad):
                   for spelling, count in notes["unknown_types"].most_common()]
     lines.append(f"bad: {sum(len(rows) for _, rows in bad)}")
     lines += [bad_line(reason, rows) for reason, rows in bad]
-    lines.append(f"cache: {cache_folder()} (parsed labels and image checks; delete it to redo both)")
+    files, size = tidy_cache()
+    lines.append(f"cache: {cache_folder()} ({count_of(files, 'file')}, {size_text(size)} of parsed labels and "
+                 "image checks; delete it to redo both)")
     return lines
 
 

@@ -13,12 +13,21 @@ killed run resumes. A run's folder (--out) holds:
 
     python -c "import checkpoints; print(checkpoints.resolve_checkpoint('out/pretrain_demo'))"   # after a demo
 
-Every write goes to a temporary name first and is renamed into place (`atomic_write`), so a crash or a
+Every write goes to a temporary name first and is renamed into place (`atomic_path`), so a crash or a
 SIGTERM at any moment leaves the previous file, or the previous checkpoint folder, whole; a checkpoint folder
 that cannot be written whole (a full disk) is removed. A file damaged later (cut short, a flipped bit) no longer
 matches its checksum: --resume then passes over its snapshot to the newest whole one, and load_weights.py and
 predict.py refuse it in one line. Nothing here loads a pickle: weights and optimizer state are safetensors,
 everything else JSON.
+
+Choices, as databases make them:
+- The temporary is `<name>.<host>.<pid>-<random>.tmp` in the destination's folder: two writers of one file
+  (two processes caching the same label file) never share a temporary, and the rename is the commit, so a
+  reader sees the old file or the new one, whole.
+- The temporary is flushed to the disk before the rename and the folder after it: a power cut leaves the old
+  file or the new one, never a renamed file with no bytes in it.
+- A temporary left by a killed writer is removed by the next write into the same folder, once the process its
+  name gives is no longer running on this machine; a live writer's is never touched.
 """
 
 import contextlib
@@ -26,7 +35,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 
 from safetensors.torch import load_file, save_file
 
@@ -40,12 +51,92 @@ RESUME_FILES = ["model.safetensors", "optimizer.safetensors"]  # what --resume r
 # Atomic writes: the one helper every output file goes through
 
 
+TEMPORARY = re.compile(r".+\.(?P<host>[\w-]+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
+
+
+def this_host():
+    """The machine's name as it appears in temporary names."""
+    return re.sub(r"[^\w-]", "_", socket.gethostname())
+
+
+def temporary_name(path):
+    """`path`.HOST.PID-RANDOM.tmp: beside `path`, unique to this writer, and naming the process that writes it."""
+    return f"{path}.{this_host()}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def process_alive(pid):
+    """True while a process of this id runs on this machine (another user's included)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+
+
+def remove(path):
+    """Remove a file or a folder; nothing when it is already gone."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def remove_dead_temporaries(folder):
+    """Remove the temporaries in `folder` whose writer, a process of this machine, is no longer running."""
+    host = this_host()
+    for name in os.listdir(folder):
+        match = TEMPORARY.fullmatch(name)
+        if match and match["host"] == host and not process_alive(int(match["pid"])):
+            with contextlib.suppress(PermissionError):  # another user's, in a shared folder
+                remove(os.path.join(folder, name))
+
+
+def flush_to_disk(path):
+    """fsync one file, or one folder's list of names (not the files it names)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def flush_tree_to_disk(path):
+    """fsync a file, or a folder and everything in it."""
+    if os.path.isdir(path):
+        for name in os.listdir(path):
+            flush_tree_to_disk(os.path.join(path, name))
+    flush_to_disk(path)
+
+
+def replace(temporary, path):
+    """Rename `temporary` onto `path`. A folder that `path` already is goes aside first (a rename cannot
+    replace a folder that holds files) and is removed after."""
+    if os.path.isdir(temporary) and os.path.isdir(path):
+        aside = temporary_name(path)
+        os.replace(path, aside)
+        os.replace(temporary, path)
+        remove(aside)
+    else:
+        os.replace(temporary, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """A temporary path beside `path`, renamed onto it when the block ends without an error."""
-    temporary = f"{path}.tmp"
-    yield temporary
-    os.replace(temporary, path)
+    """A temporary path beside `path` for a file or a folder, flushed to the disk and renamed onto `path` when
+    the block ends without an error, removed when it ends with one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    remove_dead_temporaries(folder)
+    temporary = temporary_name(path)
+    try:
+        yield temporary
+        flush_tree_to_disk(temporary)
+        replace(temporary, path)
+    finally:
+        remove(temporary)  # already renamed, unless the block failed
+    flush_to_disk(folder)  # the new name
 
 
 @contextlib.contextmanager
@@ -169,11 +260,9 @@ def write_folder(folder, model, model_metadata, extra_files=(), json_files=None,
     {name: tensors} safetensors files, copies of extra_files, {name: value} JSON files, and training_state.json
     (the one among json_files, or a new one) with the SHA-256 of each safetensors file. A folder that cannot be
     written whole, on a full disk say, is removed and the error raised: the previous checkpoint stays as it was."""
-    temporary = f"{folder}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
     json_files, tensor_files = dict(json_files or {}), tensor_files or {}
-    try:
+    with atomic_path(folder) as temporary:
+        os.makedirs(temporary)
         save_model(model, os.path.join(temporary, "model.safetensors"), model_metadata)
         for name, tensors in tensor_files.items():
             save_file(tensors, os.path.join(temporary, name))
@@ -184,11 +273,6 @@ def write_folder(folder, model, model_metadata, extra_files=(), json_files=None,
         json_files[STATE_FILE] = {**json_files.get(STATE_FILE, {}), "checksums": checksums}
         for name, value in json_files.items():
             write_json(os.path.join(temporary, name), value)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(temporary, folder)
     return folder
 
 
@@ -215,14 +299,11 @@ def save_checkpoint(out_dir, step, model, optimizer, state, extra_files=()):
                  json_files={STATE_FILE: {**state, "step": step}},
                  tensor_files={"optimizer.safetensors": optimizer_tensors(optimizer)})
     for name in [*RESUME_FILES, STATE_FILE]:
-        link = os.path.join(out_dir, f"{name}.tmp")
-        if os.path.exists(link):
-            os.remove(link)
-        try:
-            os.link(os.path.join(snapshot, name), link)
-        except OSError:  # a file system without hard links
-            shutil.copy2(os.path.join(snapshot, name), link)
-        os.replace(link, os.path.join(out_dir, name))
+        with atomic_path(os.path.join(out_dir, name)) as link:
+            try:
+                os.link(os.path.join(snapshot, name), link)
+            except OSError:  # a file system without hard links
+                shutil.copy2(os.path.join(snapshot, name), link)
     for old_snapshot in snapshot_folders(out_dir)[SNAPSHOTS_KEPT:]:
         shutil.rmtree(old_snapshot)
     return snapshot

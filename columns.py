@@ -13,17 +13,23 @@ A column holds per-row codes into a table of its distinct values, so a test over
 
 Choices:
 - The cache is one file per label unit or images root, named after its path, holding 1-D arrays at 64-byte
-  boundaries behind a JSON header; it is mapped read-only, so every process shares its pages. Deleting the
-  cache folder is always safe.
+  boundaries behind a JSON header that names the files it was made from; it is mapped read-only, so every
+  process shares its pages. Deleting the cache folder is always safe.
+- Several processes on one machine (torchrun's, or unrelated jobs) make each cache file once: whoever holds
+  its lock (`cache_lock`, a file lock in the cache folder) parses or checks and writes, the others wait and
+  then map what it wrote. Each array carries a checksum: a damaged file reads as absent and is made again.
 """
 
 import collections
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import mmap
 import os
 import re
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -191,7 +197,7 @@ class Entries:
 # The cache: parsed label files and image checks, one file each, mapped read-only on the next start
 
 CACHE_ENV = "KO_METER_CACHE"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 ALIGN = 64
 
 
@@ -202,21 +208,55 @@ def cache_folder():
     return os.environ.get(CACHE_ENV) or os.path.join(base, "ko-meter")
 
 
-def cache_path(what, key):
-    """The cache file of one label unit or images root, named after its path: a changed file replaces it."""
+def cache_path(what, key, suffix=".columns"):
+    """The cache file of one label unit or images root, named after its path (its file name cut to 60 bytes):
+    a changed file replaces it."""
     digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
-    stem = re.sub(r"[^\w.-]+", "_", os.path.basename(key.rstrip("/\\")))[:60]
-    return os.path.join(cache_folder(), f"{what}-{stem}-{digest}.columns")
+    name = re.sub(r"[^\w.-]+", "_", os.path.basename(key.rstrip("/\\")))
+    stem = name.encode("utf-8")[:60].decode("utf-8", errors="ignore")
+    return os.path.join(cache_folder(), f"{what}-{stem}-{digest}{suffix}")
 
 
-def write_columns(path, arrays, meta):
-    """1-D arrays in one file: a JSON header line (meta, and where each array starts), then each array's
-    bytes at a 64-byte boundary, so that `read_columns` maps them without reading them."""
+def cache_error(path, error):
+    """A one-line ValueError for an OSError met at a cache file, naming the cause: only a folder that cannot be
+    written sends the user to another one."""
+    folder = existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return ValueError(f"{folder}: the cache folder is not writable ({error.strerror}); "
+                          f"set {CACHE_ENV} to a writable folder")
+    return ValueError(f"{path}: cannot write the cache ({error})")
+
+
+@contextlib.contextmanager
+def cache_lock(what, key):
+    """Held by one process at a time (a file lock in the cache folder, released when the process ends, however
+    it ends): the holder parses or checks `key` and caches it, the others wait, then find it cached."""
+    path = cache_path(what, key, ".lock")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = open(path, "a")
+    except OSError as error:
+        raise cache_error(path, error) from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as error:  # a network file system without locks
+            raise cache_error(path, error) from None
+        yield
+
+
+def write_columns(path, arrays, meta, sources):
+    """1-D arrays in one file: a JSON header line (the files they were made from, meta, and where each array
+    starts and its checksum), then each array's bytes at a 64-byte boundary. Returns them as `read_columns`
+    maps them back, so that the writer too shares the file's pages."""
+    arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
     layout, offset = [], 0
     for name, array in arrays.items():
-        layout.append([name, array.dtype.str, len(array), offset])
+        layout.append([name, array.dtype.str, len(array), offset, zlib.crc32(array.data)])
         offset += -(-array.nbytes // ALIGN) * ALIGN
-    header = json.dumps({"version": CACHE_VERSION, "meta": meta, "arrays": layout},
+    header = json.dumps({"version": CACHE_VERSION, "sources": sources, "meta": meta, "arrays": layout},
                         ensure_ascii=False).encode("utf-8") + b"\n"
     start = -(-len(header) // ALIGN) * ALIGN
     from checkpoints import atomic_write  # imported here: checkpoints imports torch, which `check` does not need
@@ -224,29 +264,67 @@ def write_columns(path, arrays, meta):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_write(path, "wb") as file:
             file.write(header.ljust(start, b" "))
-            for (_, _, _, array_offset), array in zip(layout, arrays.values()):
+            for (_, _, _, array_offset, _), array in zip(layout, arrays.values()):
                 file.seek(start + array_offset)
-                file.write(np.ascontiguousarray(array).data)
+                file.write(array.data)
     except OSError as error:
-        raise ValueError(f"{path}: cannot write the cache ({error}); set {CACHE_ENV} to a writable folder") from None
+        raise cache_error(path, error) from None
+    mapped = read_columns(path)
+    if mapped is None:
+        raise ValueError(f"{path}: the cache file just written cannot be read back whole")
+    return mapped
+
+
+def read_header(file):
+    """The header of an open cache file as a dict, None when its first line is not a JSON object (damaged)."""
+    try:
+        header = json.loads(file.readline())
+    except ValueError:
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def read_columns(path):
     """(arrays, meta) of a cache file, mapped read-only (its pages are shared by every process that maps it);
-    None when the file is absent, damaged or of another version."""
+    None when the file is absent, of another version, or damaged (an array's checksum differs)."""
     try:
         with open(path, "rb") as file:
-            line = file.readline()
-            header = json.loads(line)
-            if header.get("version") != CACHE_VERSION:
+            header = read_header(file)
+            if header is None or header.get("version") != CACHE_VERSION:
                 return None
+            start = -(-file.tell() // ALIGN) * ALIGN
             buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        start = -(-len(line) // ALIGN) * ALIGN
-        arrays = {name: np.frombuffer(buffer, dtype, length, start + offset) if length else np.zeros(0, dtype)
-                  for name, dtype, length, offset in header["arrays"]}
-    except (OSError, ValueError, KeyError):
+        arrays = {}
+        for name, dtype, count, offset, checksum in header["arrays"]:
+            array = np.frombuffer(buffer, dtype, count, start + offset) if count else np.zeros(0, dtype)
+            if zlib.crc32(array.data) != checksum:
+                return None
+            arrays[name] = array
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return arrays, header["meta"]
+
+
+def tidy_cache():
+    """(files, bytes) the cache holds, once damaged files and those made from label files or an images folder
+    that no longer exist are removed. Files of another version are left to it."""
+    folder, files, size = cache_folder(), 0, 0
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if not name.endswith(".columns"):
+            continue
+        try:
+            with open(path, "rb") as file:
+                header = read_header(file)
+        except OSError:  # removed meanwhile by another process
+            continue
+        if header is None or (header.get("version") == CACHE_VERSION
+                              and not all(os.path.exists(source) for source in header["sources"])):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        files, size = files + 1, size + os.path.getsize(path)
+    return files, size
 
 
 def file_stamp(path):

@@ -10,7 +10,8 @@ yours. The readers return columns.Entries; `python check.py` counts what is usab
   KVQA and VQA-v2-style lists       [{image, question, answers: [{answer, answer_confidence}], answer_type}]
   the project's own JSONL           {"image", "caption"} or {"image", "question", "answers", "answer_type"}
 Images are found by file name anywhere under --images (image_index.py). Parsed labels are cached
-(columns.cache_folder): a second start reads a million questions in seconds.
+(columns.cache_folder): a second start reads a million questions in seconds, and the processes of one machine
+(torchrun's, or two jobs started together) parse them once.
 
     python -c "import formats; print(len(formats.read_vqa('demo_data/vqa_dev.json', 'demo_data/images')))"
 
@@ -37,12 +38,13 @@ import json
 import os
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from columns import (CACHE_ENV, CAPTION_FIELDS, QUESTION_FIELDS, Columns, Entries, Field, TextColumn, cache_folder,
+from columns import (CAPTION_FIELDS, QUESTION_FIELDS, Columns, Entries, Field, TextColumn, cache_folder, cache_lock,
                      cache_path, file_stamp, read_columns, write_columns)
 from image_index import ImageIndex, folder_words
 
@@ -395,18 +397,26 @@ PARSE_HERE_BYTES = 32 * 2**20  # label sets up to this size are parsed in this p
 def load_parts(kind, units):
     """(arrays, notes) of every unit: from the cache while its files keep their sizes and modification times,
     else parsed and cached. Larger label sets are parsed in up to one process per core, which also keeps the
-    parser's Python objects out of the training process."""
+    parser's Python objects out of the training process. One process at a time parses a set of units (the
+    others, torchrun's or another job's, wait and then map what it cached); it says so on stderr."""
     keys = [unit_key(kind, unit) for unit in units]
-    todo = [number for number, (unit, key) in enumerate(zip(units, keys)) if cached_part(kind, unit, key) is None]
-    parse_here = sum(size for number in todo for _, size, _ in keys[number][1]) <= PARSE_HERE_BYTES
-    with contextlib.nullcontext() if parse_here else \
-            concurrent.futures.ProcessPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
-        parsed = (map if parse_here else pool.map)(parse_unit, [kind] * len(todo), [units[n] for n in todo])
-        for number, (arrays, notes) in zip(todo, parsed):  # written here: the workers need not import torch
-            write_columns(cache_path(kind, os.path.abspath(units[number].name)), arrays, {"key": keys[number], **notes})
-    parts = [cached_part(kind, unit, key) for unit, key in zip(units, keys)]
-    if None in parts:
-        raise ValueError(f"{cache_folder()}: the cache cannot be read back; set {CACHE_ENV} to another folder")
+    with cache_lock(kind, "\n".join(os.path.abspath(unit.name) for unit in units)):
+        parts = [cached_part(kind, unit, key) for unit, key in zip(units, keys)]
+        todo = [number for number, part in enumerate(parts) if part is None]
+        started, rows = time.perf_counter(), 0
+        parse_here = sum(size for number in todo for _, size, _ in keys[number][1]) <= PARSE_HERE_BYTES
+        with contextlib.nullcontext() if parse_here else \
+                concurrent.futures.ProcessPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+            parsed = (map if parse_here else pool.map)(parse_unit, [kind] * len(todo), [units[n] for n in todo])
+            for number, (arrays, notes) in zip(todo, parsed):  # written here: the workers need not import torch
+                sources = [os.path.abspath(file) for file in units[number].files]
+                parts[number] = write_columns(cache_path(kind, os.path.abspath(units[number].name)), arrays,
+                                              {"key": keys[number], **notes}, sources)
+                rows += len(arrays["text.codes"])
+    if todo:
+        files = sum(len(units[number].files) for number in todo)
+        print(f"parsed {files} label file{'s' if files > 1 else ''} ({rows:,} {kind}) in "
+              f"{time.perf_counter() - started:.1f} s, cached in {cache_folder()}", file=sys.stderr, flush=True)
     return parts
 
 

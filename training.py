@@ -43,7 +43,7 @@ import torch.distributed as distributed
 from torch.utils.checkpoint import checkpoint
 
 import failures
-from checkpoints import read_json, write_json, write_jsonl
+from checkpoints import process_alive, read_json, write_json, write_jsonl
 from curves import draw_curves
 from demo_data import WORLDS, make_demo, world_suffix
 from formats import read_json_or_jsonl
@@ -449,7 +449,8 @@ class RunFolder:
         lock_path = os.path.join(args.out, "running.json")
         if os.path.exists(lock_path):
             lock = read_json(lock_path)
-            if lock.get("host") == socket.gethostname() and lock.get("pid") != os.getpid() and process_alive(lock.get("pid")):
+            if lock.get("host") == socket.gethostname() and lock.get("pid") != os.getpid() and isinstance(lock.get("pid"), int) \
+                    and process_alive(lock["pid"]):
                 raise ValueError(f"{args.out}: process {lock['pid']} on this machine is training into it; "
                                  "choose another --out or stop that run first")
         state_path = os.path.join(args.out, "training_state.json")
@@ -478,14 +479,6 @@ class RunFolder:
             os.remove(os.path.join(self.out, "running.json"))
 
 
-
-
-def process_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------------------------

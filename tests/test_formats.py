@@ -49,6 +49,10 @@ def one_line(error):
     return message
 
 
+def cached_kilobytes(cache):
+    return f"{sum(path.stat().st_size for path in cache.glob('*.columns')) / 1e3:.1f}"
+
+
 def run_check(*arguments, script="formats.py"):
     return subprocess.run([sys.executable, str(REPO / script), "check", *map(str, arguments)],
                           capture_output=True, text=True, env={**os.environ})
@@ -115,7 +119,8 @@ def test_check_prints_counts_then_bad_entries_grouped(coco, cache):
             "entries: 9", "images: 3", "captions: 6", "empty captions skipped: 5", "bad: 3",
             "missing image: 1 image, 2 captions — COCO_train2014_000000000004.jpg",
             "truncated image: 1 image, 1 caption — COCO_val2014_000000000005.jpg",
-            f"cache: {cache} (parsed labels and image checks; delete it to redo both)"]
+            f"cache: {cache} (2 files, {cached_kilobytes(cache)} kB of parsed labels and image checks; "
+            "delete it to redo both)"]
     refused = run_check("--captions", first_piece, "--images", root)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith("error: 3 of 9 entries are unusable (33.3%, more than the allowed 5.0%): "
@@ -137,9 +142,11 @@ def test_bad_lines_count_images_and_entries_and_name_the_first_few(tmp_path):
 def test_read_usable_prints_the_summary_and_stops_naming_share_and_examples(coco, capsys):
     first_piece, root = coco
     entries = formats.read_captions(first_piece, root)
+    assert capsys.readouterr().err.startswith("parsed 11 label files (9 captions) in ")
     good = check.read_usable(entries, max_bad_share=0.5)
     printed = capsys.readouterr().err.splitlines()
-    assert len(good) == 6 and printed[0] == "entries: 9" and "truncated image: 1 image, 1 caption" in printed[-2]
+    assert printed[0].startswith("checked 4 images in ")  # the first time only
+    assert len(good) == 6 and printed[1] == "entries: 9" and "truncated image: 1 image, 1 caption" in printed[-2]
     with pytest.raises(ValueError) as error:
         check.read_usable(entries, max_bad_share=0.1)
     assert "33.3%, more than the allowed 10.0%" in one_line(error) and "COCO_train2014_000000000004.jpg" in str(error.value)
@@ -406,7 +413,7 @@ def test_any_decoding_failure_is_the_images_problem(tmp_path):
 def test_parsed_labels_are_cached_and_a_changed_file_invalidates_its_part(visual, cache, monkeypatch):
     labels, flat, _ = visual
     first = list(formats.read_vqa(labels, flat))
-    assert sorted(path.name.split("-")[0] for path in cache.iterdir()) == ["images"] + ["questions"] * 3
+    assert sorted(path.name.split("-")[0] for path in cache.glob("*.columns")) == ["images"] + ["questions"] * 3
     parsed = []
     parse_unit = formats.parse_unit
     monkeypatch.setattr(formats, "parse_unit", lambda kind, unit: parsed.append(unit.name) or parse_unit(kind, unit))
@@ -415,6 +422,27 @@ def test_parsed_labels_are_cached_and_a_changed_file_invalidates_its_part(visual
     again = list(formats.read_vqa(labels, flat))
     assert parsed == [str(labels / "음식" / "level2" / "question.json")]  # the other two triplets come from the cache
     assert again[:-2] == first[:-1] and [entry["answers"] for entry in again[-2:]] == [["아니요"], ["1개"]]
+
+
+def test_a_damaged_cache_file_is_rebuilt_and_one_of_a_removed_label_file_is_removed(visual, cache, capsys):
+    labels, flat, _ = visual
+    first = list(formats.read_vqa(labels, flat))
+    capsys.readouterr()
+    parts = sorted(cache.glob("questions-*.columns"))
+    damaged = bytearray(parts[0].read_bytes())
+    damaged[-1] ^= 1  # one bit of the last array
+    parts[0].write_bytes(damaged)
+    parts[1].write_bytes(parts[1].read_bytes()[:200])  # cut short
+    assert list(formats.read_vqa(labels, flat)) == first
+    assert capsys.readouterr().err.startswith("parsed 6 label files (")  # the two triplets, parsed again
+    for name in ("question", "annotation", "images"):
+        (labels / "음식" / "level2" / f"{name}.json").unlink()
+    entries = formats.read_vqa(labels, flat)
+    line = check.summary_lines(entries, *check.find_bad_entries(entries))[-1]  # check and training runs print it
+    assert sorted(path.name.rsplit("-", 1)[0] for path in cache.glob("*.columns")) == [
+        "images-flat", "questions-동물_level1_question.json", "questions-음식_level1_question.json"]
+    size = sum(path.stat().st_size for path in cache.glob("*.columns"))
+    assert line == f"cache: {cache} (3 files, {size / 1e3:.1f} kB of parsed labels and image checks; delete it to redo both)"
 
 
 def test_image_checks_and_the_walk_are_cached(tmp_path):
