@@ -43,7 +43,6 @@ import torch.nn.functional as F
 import checkpoints
 import check
 import data
-import failures
 import formats
 import report
 import training
@@ -201,7 +200,7 @@ def train(args):
     model = build_finetune_model(args, tokenizer, len(answer_vocab), rank)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, FINETUNE_LR_MULTIPLIERS)
-    failures.check_free_space(args.out, model, rank)  # refuse a disk under --out without room for a checkpoint
+    run.check_room_for(model)  # refuse a disk under --out without room for one checkpoint
     state = checkpoints.resume(args, model, optimizer) if args.resume else {"step": 0, "history": [], "best_accuracy": -1.0}
     start_step, history, best_accuracy = state["step"], state["history"], state["best_accuracy"]
     # objective: what the loop calls; ddp: the DistributedDataParallel module under torchrun, else None (pretrain.py)

@@ -40,7 +40,6 @@ import torch.nn.functional as F
 import checkpoints
 import check
 import data
-import failures
 import formats
 import training
 from load_weights import build_fresh_model
@@ -197,7 +196,7 @@ def train(args):
     model = build_fresh_model(args, tokenizer, rank)  # model.build_model, encoders from --clip / --text
     model.to(device)
     optimizer = build_optimizer(model, args.lr, PRETRAIN_LR_MULTIPLIERS)
-    failures.check_free_space(args.out, model, rank)  # refuse a disk under --out without room for a checkpoint
+    run.check_room_for(model)  # refuse a disk under --out without room for one checkpoint
     start_step = checkpoints.resume(args, model, optimizer)["step"] if args.resume else 0
     # objective: what the loop calls, the model and its losses as one module (with --recompute, --compile);
     # ddp: that module inside DistributedDataParallel under torchrun (often the same object), else None

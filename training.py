@@ -461,6 +461,10 @@ class RunFolder:
                              f"{state['args']['steps']}): add --resume to continue it or --overwrite to start again")
         write_json(lock_path, {"host": socket.gethostname(), "pid": os.getpid()})
 
+    def check_room_for(self, model):
+        """Refuse to start when the disk under --out cannot hold one checkpoint of `model`."""
+        failures.check_free_space(self.out, model, self.rank)
+
     def handle(self, number, frame):
         if self.stop_requested and number == signal.SIGINT:
             raise KeyboardInterrupt
