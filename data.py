@@ -18,9 +18,8 @@ Choices where the papers are silent:
 - RandAugment runs on the decoded picture before resize and crop (as METER's does), magnitude M on the
   usual 0..30 scale (level = M / 30); each operation's strength at level 1 is in RandAugment.OPERATIONS;
   geometric and enhancement operations take a random sign; uncovered area is grey.
-- A large JPEG is decoded at 1/2, 1/4 or 1/8 scale when that still leaves both sides at least the target
-  size (image_files.open_rgb's min_side, libjpeg's DCT scaling), then resized as CLIP does: much less work,
-  pixels within a grey level or two of decoding at full size.
+- A large JPEG is decoded at 1/2, 1/4 or 1/8 scale when both sides stay at least the target size
+  (image_files.open_rgb's min_side), then resized as CLIP does: much less work, nearly the same pixels.
 """
 
 import os
@@ -303,7 +302,7 @@ def collate_captions(items, tokenizer, max_len):
 
 
 def answer_scores(answers):
-    """{answer: soft score}: METER's soft target (close to VQA v2's metric), min(1, 0.3 x the annotators who gave it), so an answer 4 of 10
+    """{answer: soft score}: METER's soft target (near VQA's metric), min(1, 0.3 x the annotators who gave it), so an answer 4 of 10
     annotators gave is fully right and one given once 0.3 right. A data set with one answer per question (the
     AIHub sets) gives that answer 1."""
     counts = Counter(answers)
@@ -387,11 +386,9 @@ def collate_vqa(items, tokenizer, max_len):
             "indices": torch.tensor([item["index"] for item in items])}
 
 
-COMMANDS_ELSEWHERE = {"demo": "demo_data.py", "check": "check.py"}  # the older spellings of two commands
-
-if __name__ == "__main__":  # data.py is read, not run: hand the two older commands to the files that hold them
-    if sys.argv[1:2] and sys.argv[1] in COMMANDS_ELSEWHERE:
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), COMMANDS_ELSEWHERE[sys.argv[1]])
-        os.execv(sys.executable, [sys.executable, script, *sys.argv[2:]])
-    print("data.py has no commands of its own: 'python demo_data.py --out DIR' (or 'data.py demo') writes the demo "
-          "set, 'python check.py --vqa F --images DIR' (or 'data.py check') checks a data set.")
+if __name__ == "__main__":  # data.py is read, not run: its two commands live in demo_data.py and check.py
+    script = {"demo": "demo_data.py", "check": "check.py"}.get(sys.argv[1] if sys.argv[1:] else "")
+    if script:
+        os.execv(sys.executable, [sys.executable, os.path.join(os.path.dirname(__file__) or ".", script), *sys.argv[2:]])
+    print("data.py has no commands of its own: 'python demo_data.py --out DIR' (or 'data.py demo') writes the demo set, "
+          "'python check.py --vqa F --images DIR' (or 'data.py check') checks a data set.")

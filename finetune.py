@@ -2,15 +2,13 @@
 
 Last stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.py). METER §4 fine-tunes VQA as
 classification over the training answers with soft-score targets and binary cross-entropy; Ko-METER does it on
-AIHub's Korean VQA (3,811 answers) and reports accuracy overall and per answer type. This file holds the loss,
-the evaluation, the model set-up and the training loop; the machinery it calls is in training.py and
-checkpoints.py, as for pretrain.py.
+AIHub's Korean VQA (3,811 answers) and reports accuracy overall and per answer type. Here: the loss, the
+evaluation, the model set-up and the training loop (machinery as for pretrain.py).
 
     python finetune.py --demo   # the paper's comparisons on the demo set, about 8 min on 2 CPU cores
 
---demo fine-tunes the tiny config three times at equal steps (from out/pretrain_demo/, made first when missing;
-without it; the ViLT baseline without it) and prints the paper's tables (demo.run_finetune_demo); --seeds N
-repeats each run with N seeds, --world bars uses the second synthetic world. The paper's run:
+--demo hands over to demo.py: three fine-tunings at equal steps (from the demo pretraining, without it, ViLT
+without it) and the paper's tables; --seeds N repeats each run, --world bars uses the second world. The paper's:
 
     python finetune.py --train vqa/train --dev-size 3000 --images vqa/images --tokenizer klue/tokenizer.json \
         --pretrained pretrain_out/ --image-size 384 --batch 512 --micro-batch 64 --steps 10250
@@ -185,8 +183,7 @@ def train(args):
     # ---- set-up: processes, then every flag left unset gets its value, in one visible call
     rank, world_size, device = training.setup_processes(args.device)
     args = training.settle_flags(args, FINETUNE_DEFAULTS, FINETUNE_DEMO_DEFAULTS, rank, world_size, device)
-    # --micro-batch defaults to the batch per process; settle_flags refused sizes that do not divide evenly
-    accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
+    accumulation_steps = args.batch // world_size // args.micro_batch  # per process and step (sizes divide: settled)
     run = training.RunFolder(args, rank)  # claims --out; catches SIGTERM / SIGINT from here on
     tokenizer = data.Tokenizer.load(args.tokenizer)
     train_entries, dev_entries = read_questions(args, rank)
@@ -195,7 +192,7 @@ def train(args):
                     else data.build_answer_vocab(train_entries, args.answers))
     train_entries = data.drop_unanswerable(train_entries, answer_vocab)
     if rank == 0:
-        print(f"questions: {len(train_entries)} for training, {len(dev_entries)} dev; {len(answer_vocab)} answer classes")
+        print(f"questions: {len(train_entries)} for training, {len(dev_entries)} dev; {len(answer_vocab)} answers")
 
     model = build_finetune_model(args, tokenizer, len(answer_vocab), rank)
     model.to(device)
@@ -233,9 +230,7 @@ def train(args):
         for index in range(accumulation_steps):
             # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
             torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
-            # DDP all-reduces the gradients during backward: only on the last micro-batch. This flag is what
-            # ddp.no_sync() sets; set directly, it also reaches DDP inside --compile step's wrapper
-            if ddp is not None:
+            if ddp is not None:  # all-reduce in backward only on the last micro-batch (what ddp.no_sync() sets)
                 ddp.require_backward_grad_sync = index == accumulation_steps - 1
             with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):  # --dtype bf16
                 losses = objective(training.to_device(next(loader), device), normaliser=args.batch)
@@ -287,15 +282,13 @@ def train(args):
     return model
 
 
-def evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, device, step, history, best_accuracy,
-                           saved_files):
-    """Evaluate on the dev questions; write results.json (with the history so far) and dev_predictions.jsonl, and
-    best/ when the accuracy beats `best_accuracy`. Appends to `history`; returns the results."""
+def evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, device, step, history, best, saved_files):
+    """Dev results; appended to `history`, written to results.json and dev_predictions.jsonl, and best/ if better."""
     results, predictions = evaluate_vqa(model, dev_loader, dev_entries, answer_vocab, args, device)
     history.append({"step": step, **{key: results["overall"][key] for key in ("accuracy", "vqa_score")}})
     checkpoints.write_json(os.path.join(args.out, "results.json"), {"steps": args.steps, **results, "history": history})
     checkpoints.write_jsonl(os.path.join(args.out, "dev_predictions.jsonl"), predictions)
-    if results["overall"]["accuracy"] > best_accuracy:
+    if results["overall"]["accuracy"] > best:
         checkpoints.write_folder(os.path.join(args.out, "best"), model, {"step": str(step), "max_len": str(args.max_len)},
                                  saved_files, json_files={"results.json": {"step": step, **results}})
     return results
@@ -304,8 +297,7 @@ def evaluate_and_keep_best(model, dev_loader, dev_entries, answer_vocab, args, d
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    # --demo alone, or --seeds N: several runs and the paper's tables. demo.py drives those runs (it calls this
-    # file's train), so the command line is handed over to it whole: this file never imports the demo.
+    # --demo alone, or --seeds N: several runs and the tables, driven by demo.py (which calls train): hand it over
     plain_demo = args.demo and not (args.pretrained or args.arch != "meter" or args.resume)
     if plain_demo or args.seeds > 1:
         demo_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")

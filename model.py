@@ -21,9 +21,8 @@ Choices where the papers are silent:
   the same checkpoint and the comparison isolates the architecture.
 - Attention runs through F.scaled_dot_product_attention unless probabilities are asked for; the written-out
   path computes the same numbers (tests check both ways agree).
-- Weight decay skips biases and norms, as METER's code does, and also the class, position, modality and
-  token-type embeddings; the modality embedding is part of the fusion and learns at its multiple (METER's code
-  leaves its token-type embedding at the base lr).
+- Weight decay skips biases and norms (as METER's code does) and the class, position, modality and token-type
+  embeddings; the modality embedding learns at the fusion's multiple (METER's code: at the base lr).
 """
 
 import math

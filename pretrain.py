@@ -2,9 +2,8 @@
 
 Third stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.py). METER §4 pretrains with
 MLM and ITM, added with equal weight; Ko-METER does the same on AIHub's Korean COCO captions (batch 256, 40
-tokens, 224 px, 40,000 steps, base lr 1e-5, fusion and heads at 5x). This file holds the recipe, the two
-objectives, the held-out evaluation and one training loop; the machinery it calls (flags, data order,
-processes, logs) is in training.py and the checkpoint files in checkpoints.py.
+tokens, 224 px, 40,000 steps, base lr 1e-5, fusion and heads at 5x). Here: the recipe, the two objectives, the
+held-out evaluation and the training loop; the machinery it calls is in training.py and checkpoints.py.
 
     python pretrain.py --demo      # the tiny config on the synthetic demo set, minutes on 2 CPU cores
     python pretrain.py --help      # every flag and its default
@@ -17,13 +16,9 @@ The paper's run, on one GPU, or data-parallel with torchrun (--batch stays the g
 
 Choices where the papers are silent:
 - One pass per batch (`pretrain_losses`) gives the same losses and gradients as METER's two passes
-  (`pretrain_losses_two_pass`) up to dropout's random masks (tests check it with dropout off; bench.py
-  measures the difference).
+  (`pretrain_losses_two_pass`) up to dropout's random masks (tests check it with dropout off).
 - ITM negatives come from the same micro-batch (the images whose encoder output is at hand). METER's code
-  draws each negative image at random from the whole data set instead (its dataset's false_image_0), which
-  costs one more image encoder pass per negative.
-- The MLM loss is the mean over the masked tokens of the whole global batch and the ITM loss the mean over
-  its samples, whatever the micro-batching.
+  draws each negative image at random from the whole data set (one more image encoder pass per negative).
 - The demo recipe (batch 64, 500 steps, base lr 2e-4): ITM needs a batch of about 64 and sits at chance
   for a few hundred steps before it takes off, while MLM accuracy rises from the first steps.
 - The held-out split (the "split": "val" lines of metrics.jsonl) is 2% of the images, at most 1,000,
@@ -185,8 +180,7 @@ def train(args):
     # ---- set-up: processes, then every flag left unset gets its value, in one visible call
     rank, world_size, device = training.setup_processes(args.device)
     args = training.settle_flags(args, PRETRAIN_DEFAULTS, PRETRAIN_DEMO_DEFAULTS, rank, world_size, device)
-    # --micro-batch defaults to the batch per process; settle_flags refused sizes that do not divide evenly
-    accumulation_steps = args.batch // world_size // args.micro_batch  # micro-batches per process and step
+    accumulation_steps = args.batch // world_size // args.micro_batch  # per process and step (sizes divide: settled)
     run = training.RunFolder(args, rank)  # claims --out; catches SIGTERM / SIGINT from here on
     tokenizer = data.Tokenizer.load(args.tokenizer)
     entries = check.read_usable(formats.read_captions(args.captions, args.images), args.max_bad_share, rank)
@@ -198,15 +192,14 @@ def train(args):
     optimizer = build_optimizer(model, args.lr, PRETRAIN_LR_MULTIPLIERS)
     run.check_room_for(model)  # refuse a disk under --out without room for one checkpoint
     start_step = checkpoints.resume(args, model, optimizer)["step"] if args.resume else 0
-    # objective: what the loop calls, the model and its losses as one module (with --recompute, --compile);
-    # ddp: that module inside DistributedDataParallel under torchrun (often the same object), else None
+    # objective: the model and its losses as one module, what the loop calls; ddp: it in DistributedDataParallel
     objective, ddp = training.wrap_objective(model, pretrain_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     collate = functools.partial(data.collate_captions, tokenizer=tokenizer, max_len=args.max_len)
     image_size = model.cfg.image_size  # --image-size, else the config's
-    # training: an endless stream in a seeded order from start_step; each step, this process gets slice `rank` of
-    # the global batch as accumulation_steps micro-batches of --micro-batch. Held out: one pass, same batch size.
+    # an endless stream in a seeded order from start_step: each step, slice `rank` of the global batch as
+    # accumulation_steps micro-batches of --micro-batch; the held-out loader is one pass, same batch size
     loader = iter(training.make_loader(data.CaptionDataset(train_entries, image_size), collate, args, device,
                                        start_step, rank, world_size))
     held_out_loader = training.make_loader(data.CaptionDataset(held_out_entries, image_size), collate, args, device)
@@ -231,8 +224,8 @@ def train(args):
         # processes. Each micro-batch's loss is therefore its summed cross-entropy divided by a global count:
         # the MLM loss by the masked tokens of the global batch (counted here, added up over processes),
         # the ITM loss by the global batch size. Summed over micro-batches and processes, these losses are the
-        # global means, and so are their gradients, added up in .grad by the backward passes. (This is why all
-        # micro-batches are drawn before the first forward pass: the masked count must be known first.)
+        # global means, and so are their gradients, added up in .grad by the backward passes (hence all the
+        # micro-batches are drawn first: the masked count must be known before the first forward pass).
         masked = sum((batch["mlm_labels"] != -100).sum() for batch in micro_batches).to(device)
         masked_count = max(training.sum_across_processes({"masked": masked}, world_size)["masked"], 1.0)
 
@@ -241,9 +234,7 @@ def train(args):
         for index, batch in enumerate(micro_batches):
             # dropout seeded by (seed, step, micro-batch): a resumed run draws the masks the first run drew
             torch.manual_seed(training.derived_seed(args.seed, step, first_index + index, "dropout"))
-            # DDP all-reduces the gradients during backward: only on the last micro-batch. This flag is what
-            # ddp.no_sync() sets; set directly, it also reaches DDP inside --compile step's wrapper
-            if ddp is not None:
+            if ddp is not None:  # all-reduce in backward only on the last micro-batch (what ddp.no_sync() sets)
                 ddp.require_backward_grad_sync = index == accumulation_steps - 1
             with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):  # --dtype bf16
                 losses = objective(training.to_device(batch, device), mlm_normaliser=masked_count,
