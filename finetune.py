@@ -58,7 +58,8 @@ FINETUNE_DEFAULTS = {
 FINETUNE_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
     "config": "tiny", "batch": 32, "steps": 300, "lr": 1e-4,
     "log_every": 25, "save_every": 300, "out": "out/finetune_demo", "workers": 0, "augment": "safe",
-}
+    "clip": "out/encoders_demo{world}/clip/model.safetensors", "text": "out/encoders_demo{world}/roberta/model.safetensors",
+}  # the encoders of pretrain_encoders.py --demo ({world}: the world's suffix)
 AUGMENT_OPERATIONS = {"all": data.RandAugment.ALL_OPS, "safe": data.RandAugment.SAFE_FOR_COLOUR_AND_COUNT, "none": ()}
 
 
@@ -74,6 +75,9 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
     parser.add_argument("--pretrained", help="Ko-METER checkpoint (file or pretraining output folder) to start from")
     training.add_encoder_flags(parser, "without --pretrained: ")
+    parser.add_argument("--dev-objects", help="JSON {question id: [left, top, right, bottom]}: the one object each of "
+                        "these dev questions asks about, in pixels of its picture; the pointing game of results.json "
+                        "and dev_report.html counts how often the attention maps peak inside (with --demo: the demo's)")
     parser.add_argument("--answers", type=int, default=3811,
                         help="answer classes: the most frequent training answers (default: 3811, the paper's)")
     parser.add_argument("--augment", choices=sorted(AUGMENT_OPERATIONS),
@@ -141,6 +145,15 @@ def evaluate_vqa(model, loader, entries, answer_vocab, args, device):
                "by_type": {answer_type: summary([row for row in predictions if row["answer_type"] == answer_type])
                            for answer_type in formats.ANSWER_TYPES}}  # 예/아니오, 숫자, 알 수 없음, 그 외
     return results, predictions
+
+
+def wrong_pictures(entries, seed):
+    """{image: another image}, the wrong-picture control: the entries' images in a seeded order, each showing the
+    next one's picture (the last the first's), so that no question keeps its own. A model that answers from the
+    picture falls towards what the words alone score; one that answers from the words does not move."""
+    images = sorted({entry["image"] for entry in entries})
+    order = torch.randperm(len(images), generator=training.seeded_generator(seed, "wrong pictures")).tolist()
+    return {images[order[index]]: images[order[(index + 1) % len(order)]] for index in range(len(order))}
 
 
 def dev_means(results):
@@ -211,6 +224,8 @@ def train(args):
     train_set = data.VqaDataset(train_entries, answer_vocab, image_size, augment=augment, seed=args.seed)
     loader = iter(training.make_loader(train_set, collate, args, device, start_step, rank, world_size))
     dev_loader = training.make_loader(data.VqaDataset(dev_entries, answer_vocab, image_size), collate, args, device)
+    wrong_picture_loader = training.make_loader(data.VqaDataset(
+        dev_entries, answer_vocab, image_size, picture_of=wrong_pictures(dev_entries, args.seed)), collate, args, device)
     if rank == 0:
         checkpoints.write_json(answers_path, answer_vocab)
         saved_files = [checkpoints.copy_tokenizer(tokenizer.source, args.out), answers_path]
@@ -270,9 +285,18 @@ def train(args):
             log.saved(completed)
         if stopping:
             run.stop(completed, run.stop_requested)
-    if rank == 0:  # the final model on the dev questions as one page: answers, attention maps, accuracy per type
-        report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab, args.max_len,
-                            dev_entries, reference_answer, f"{args.out}: dev questions after {args.steps} steps")
+    if rank == 0:  # the final model: the controls, and the dev questions as one page with the attention maps
+        controls = {"question only": report.question_only(train_entries, dev_entries),
+                    "wrong picture": evaluate_vqa(model, wrong_picture_loader, dev_entries, answer_vocab, args, device)[0]}
+        objects = checkpoints.read_json(args.dev_objects) if args.dev_objects else None
+        rows = report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab,
+                                   args.max_len, dev_entries, reference_answer,
+                                   f"{args.out}: dev questions after {args.steps} steps", objects=objects,
+                                   controls=controls)
+        results = checkpoints.read_json(os.path.join(args.out, "results.json"))
+        checkpoints.write_json(os.path.join(args.out, "results.json"), {
+            **results, "question_only": controls["question only"], "wrong_picture": controls["wrong picture"],
+            "pointing": report.pointing_results(rows)})
     run.finish()
     if rank == 0:
         print(f"done: {args.out}/results.json, dev_report.html, dev_predictions.jsonl, model.safetensors, best/")

@@ -423,6 +423,52 @@ def load_meter(path, image_size: int | None = None, num_answers: int | None = No
 
 
 # -----------------------------------------------------------------------------
+# Writing the other way: an encoder of ours as the real download's file, through the same tables read backwards.
+# pretrain_encoders.py writes the demo's stand-ins for CLIP and KLUE RoBERTa this way, and the training scripts
+# then read them with load_clip / load_text, as they read the real ones.
+
+def write_hf_folder(folder, state: dict, config: dict):
+    """folder/model.safetensors (Hugging Face's metadata {"format": "pt"}) and folder/config.json."""
+    os.makedirs(folder, exist_ok=True)
+    tensors = {name: tensor.detach().contiguous().cpu().clone() for name, tensor in state.items()}
+    with atomic_path(os.path.join(folder, "model.safetensors")) as temporary:
+        save_file(tensors, temporary, metadata={"format": "pt"})
+    with atomic_path(os.path.join(folder, "config.json")) as temporary, open(temporary, "w") as file:
+        json.dump(config, file, indent=2)
+    return os.path.join(folder, "model.safetensors")
+
+
+def save_clip_vision(vision: torch.nn.Module, folder, image_size: int):
+    """A ClipVision as Hugging Face CLIP's vision tower: keys vision_model.… (as in openai/clip-vit-base-patch16's
+    file), and a CLIPVisionConfig. Returns the path of the weights."""
+    ours = vision.state_dict()
+    state = {theirs: ours[name] for name, theirs, _ in clip_table("hf", "vision_model.", len(vision.blocks))}
+    width = vision.embeddings.position_embedding.shape[1]
+    config = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "hidden_size": width,
+              "intermediate_size": vision.blocks[0].mlp_in.out_features, "num_hidden_layers": len(vision.blocks),
+              "num_attention_heads": vision.blocks[0].attention.num_heads, "image_size": image_size,
+              "patch_size": vision.embeddings.patch.kernel_size[0], "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+    return write_hf_folder(folder, state, config)
+
+
+def save_roberta(text: torch.nn.Module, folder, pooler: torch.nn.Module | None = None, pad_id: int = 1):
+    """A RobertaText as Hugging Face's RobertaModel: keys embeddings.…, encoder.layer.N.… and, given a model.Pooler,
+    pooler.dense.…; a RobertaConfig. Returns the path of the weights."""
+    ours = text.state_dict()
+    state = {theirs: ours[name] for name, theirs, _ in roberta_table("", len(text.layers))}
+    if pooler is not None:
+        state.update({"pooler.dense.weight": pooler.dense.weight, "pooler.dense.bias": pooler.dense.bias})
+    words, positions = text.embeddings.word.weight.shape, text.embeddings.position.weight.shape
+    config = {"architectures": ["RobertaModel"], "model_type": "roberta", "vocab_size": words[0],
+              "hidden_size": words[1], "num_hidden_layers": len(text.layers),
+              "num_attention_heads": text.layers[0].self_attention.num_heads,
+              "intermediate_size": text.layers[0].ffn_in.out_features, "hidden_act": "gelu",
+              "max_position_embeddings": positions[0], "type_vocab_size": 1, "pad_token_id": pad_id,
+              "layer_norm_eps": 1e-5}
+    return write_hf_folder(folder, state, config)
+
+
+# -----------------------------------------------------------------------------
 # A fresh model for the training scripts, and the checks that a model fits the tokenizer and the text length.
 
 def check_vocabulary_fits(tokenizer, rows: int, owner: str):
