@@ -1,19 +1,24 @@
-"""The demo's tables: `python finetune.py --demo` fine-tunes three times and prints the paper's comparisons.
+"""The demo's tables: `python finetune.py --demo` runs the three stages and prints the paper's comparisons.
 
-On top of the training scripts: it calls pretrain.train and finetune.train, the way a user would run them one
-after another, on the synthetic sets of demo_data.py. finetune.py hands it its command line when --demo asks
-for the tables (or --seeds for several runs); `python demo.py` takes the same flags.
+On top of the training scripts: it calls pretrain_encoders.train, pretrain.train and finetune.train, the way a
+user would run them one after another, on the synthetic sets of demo_data.py. finetune.py hands it its command
+line when --demo asks for the tables (or --seeds for several runs); `python demo.py` takes the same flags.
 
-    python demo.py                   # = python finetune.py --demo: about 8 min on 2 CPU cores
+    python demo.py                   # = python finetune.py --demo: about 12 min on 2 CPU cores
     python demo.py --world bars --seeds 3
 
-The three runs, at equal steps: Ko-METER from the demo pretraining (out/pretrain_demo/, made first when
-missing), Ko-METER without it, and the ViLT baseline without it. Then the tables, as mean ± standard deviation
-over the seeds, beside what the question's words alone score.
+The stages: the encoders (pretrain_encoders.py, out/encoders_demo/, made first when missing), METER pretraining
+from them (out/pretrain_demo/, made when missing or older than the encoders), then three fine-tunings at equal
+steps: Ko-METER from that pretraining, Ko-METER without it (from the same encoders) and the ViLT baseline
+without it. Then the tables, as mean ± standard deviation over the seeds, with the controls every fine-tuning
+writes into its results.json (what the words alone score; the same model shown another picture), the pointing
+game of the attention maps, and the minutes each stage took.
 
 Choices:
 - The "question only" row answers each dev question with the most frequent training answer of the same
-  words: a model that does not beat it has learned the questions, not the pictures.
+  words: a model that does not beat it has learned the questions, not the pictures. The "wrong picture" row under
+  each model is that model answering every dev question with another dev picture: a model that looks falls
+  towards the question-only line.
 - --seeds N runs seeds --seed .. --seed + N - 1 of every fine-tuning from the same pretrained model; the
   spread is the sample standard deviation over those runs.
 """

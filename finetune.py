@@ -6,11 +6,12 @@ AIHub's Korean VQA (3,811 answers) and reports accuracy overall and per answer t
 the evaluation, the model set-up and the training loop; the machinery it calls is in training.py and
 checkpoints.py, as for pretrain.py.
 
-    python finetune.py --demo   # the paper's comparisons on the demo set, about 8 min on 2 CPU cores
+    python finetune.py --demo   # the paper's comparisons on the demo set, about 12 min on 2 CPU cores
 
---demo fine-tunes the tiny config three times at equal steps (from out/pretrain_demo/, made first when missing;
-without it; the ViLT baseline without it) and prints the paper's tables (demo.run_finetune_demo); --seeds N
-repeats each run with N seeds, --world bars uses the second synthetic world. The paper's run:
+--demo makes the demo's encoders (pretrain_encoders.py) and pretraining (pretrain.py) when missing, fine-tunes the
+tiny config three times at equal steps (from that pretraining; without it, from the same encoders; the ViLT
+baseline without it) and prints the paper's tables (demo.run_finetune_demo); --seeds N repeats each run with N
+seeds, --world bars uses the second synthetic world. The paper's run:
 
     python finetune.py --train vqa/train --dev-size 3000 --images vqa/images --tokenizer klue/tokenizer.json \
         --pretrained pretrain_out/ --image-size 384 --batch 512 --steps 10250
@@ -19,7 +20,9 @@ Without --pretrained, --clip/--text give the paper's "without pretraining" run (
 random). --pretrained builds the model its checkpoint holds (load_weights.load_meter) and --image-size resizes
 its position embeddings. --out receives the checkpoint, answers.json (index = class), best/, results.json,
 dev_predictions.jsonl, metrics.jsonl, curves.png and dev_report.html (report.py: every dev question with its
-answers and where the model looked).
+answers and where the model looked). At the end, results.json also gets two controls that show whether the
+answers come from the picture, "question_only" (the words alone) and "wrong_picture" (the model shown another dev
+picture), and "pointing", the pointing game of the attention maps on the questions --dev-objects names an object for.
 
 Choices where the papers are silent:
 - Exact-match accuracy compares the predicted answer with the most frequent annotator answer (the first
@@ -181,6 +184,19 @@ def build_finetune_model(args, tokenizer, num_answers, rank):
     return model
 
 
+def start_from_answer_prior(model, entries, answer_vocab):
+    """A new answer classifier (its bias all zero) starts from each answer's log-odds among the training answers:
+    its first steps then tell questions apart, instead of pushing every logit down together, which in the demo
+    drove a pretrained fusion's features of all questions to one point, where they stayed."""
+    if model.vqa_head.classifier.bias.any():
+        return
+    counts = entries.answer_counts()  # {answer: times given}
+    share = torch.tensor([counts.get(answer, 0) for answer in answer_vocab]) / max(sum(counts.values()), 1)
+    share = share.clamp(1e-6, 1 - 1e-6)
+    with torch.no_grad():
+        model.vqa_head.classifier.bias.copy_(torch.log(share / (1 - share)))
+
+
 def read_questions(args, rank):
     """(train, dev) usable entries; dev is carved out of train by image when --dev is not given."""
     train_entries = check.read_usable(formats.read_vqa(args.train, args.images), args.max_bad_share, rank)
@@ -209,6 +225,7 @@ def train(args):
         print(f"questions: {len(train_entries)} for training, {len(dev_entries)} dev; {len(answer_vocab)} answer classes")
 
     model = build_finetune_model(args, tokenizer, len(answer_vocab), rank)
+    start_from_answer_prior(model, train_entries, answer_vocab)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, FINETUNE_LR_MULTIPLIERS)
     state = checkpoints.resume(args, model, optimizer) if args.resume else {"step": 0, "history": [], "best_accuracy": -1.0}

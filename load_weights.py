@@ -451,13 +451,11 @@ def save_clip_vision(vision: torch.nn.Module, folder, image_size: int):
     return write_hf_folder(folder, state, config)
 
 
-def save_roberta(text: torch.nn.Module, folder, pooler: torch.nn.Module | None = None, pad_id: int = 1):
-    """A RobertaText as Hugging Face's RobertaModel: keys embeddings.…, encoder.layer.N.… and, given a model.Pooler,
-    pooler.dense.…; a RobertaConfig. Returns the path of the weights."""
+def save_roberta(text: torch.nn.Module, folder, pad_id: int = 1):
+    """A RobertaText as Hugging Face's RobertaModel without its pooler (as KLUE's file, a RobertaForMaskedLM, has
+    none): keys embeddings.… and encoder.layer.N.…, and a RobertaConfig. Returns the path of the weights."""
     ours = text.state_dict()
     state = {theirs: ours[name] for name, theirs, _ in roberta_table("", len(text.layers))}
-    if pooler is not None:
-        state.update({"pooler.dense.weight": pooler.dense.weight, "pooler.dense.bias": pooler.dense.bias})
     words, positions = text.embeddings.word.weight.shape, text.embeddings.position.weight.shape
     config = {"architectures": ["RobertaModel"], "model_type": "roberta", "vocab_size": words[0],
               "hidden_size": words[1], "num_hidden_layers": len(text.layers),

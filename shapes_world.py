@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw
 
 DEMO_COLOURS = {"빨간색": ("red", (214, 39, 40)), "파란색": ("blue", (31, 89, 214)),
                 "초록색": ("green", (40, 160, 60)), "노란색": ("yellow", (240, 200, 20))}
-DEMO_SHAPES = {"원": "circle", "사각형": "square", "삼각형": "triangle", "마름모": "diamond"}
-DEMO_SIZES = {"큰": ("big", 0.36), "작은": ("small", 0.24)}  # radius as a share of a quarter's side
+DEMO_SHAPES = {"원": "circle", "사각형": "square", "삼각형": "triangle", "십자": "cross"}
+SHAPE_RADIUS = 0.40  # as a share of a quarter's side: a shape spans about 3 x 3 patches of the tiny model's view
 DEMO_POSITIONS = {(0, 0): "왼쪽 위", (1, 0): "오른쪽 위", (0, 1): "왼쪽 아래", (1, 1): "오른쪽 아래"}
 NATIVE_ATTRIBUTIVE_WORDS = {1: "한", 2: "두", 3: "세", 4: "네"}
 NATIVE_ALONE_WORDS = {1: "하나", 2: "둘", 3: "셋", 4: "넷"}
@@ -29,7 +29,7 @@ ENGLISH_NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 UNKNOWABLE_QUESTIONS = ["이 사진은 언제 찍었나요?", "이 사진을 찍은 사람은 누구인가요?",
                         "도형은 무엇으로 만들어졌나요?", "이 사진은 어느 나라에서 찍었나요?",
                         "도형의 무게는 얼마인가요?"]
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 YES_NO_TRIES = 200  # draws of a yes/no question until one has the answer drawn first
 
 
@@ -58,8 +58,7 @@ def demo_scene(rng):
         shape = rng.choice(objects)["shape"] if reuse else rng.choice(list(DEMO_SHAPES))
         reuse = objects and rng.random() < 0.4
         colour = rng.choice(objects)["colour"] if reuse else rng.choice(list(DEMO_COLOURS))
-        objects.append({"shape": shape, "colour": colour, "size": rng.choice(list(DEMO_SIZES)),
-                        "cell": cell, "position": DEMO_POSITIONS[cell]})
+        objects.append({"shape": shape, "colour": colour, "cell": cell, "position": DEMO_POSITIONS[cell]})
     return objects
 
 
@@ -71,7 +70,7 @@ def draw_scene(objects, image_size, rng):
     draw = ImageDraw.Draw(image)
     quarter = image_size / 2
     for thing in objects:
-        radius = DEMO_SIZES[thing["size"]][1] * quarter
+        radius = SHAPE_RADIUS * quarter
         slack = quarter / 2 - radius - 0.08 * quarter  # keep a margin to the picture's edge
         x = (thing["cell"][0] + 0.5) * quarter + rng.uniform(-slack, slack)
         y = (thing["cell"][1] + 0.5) * quarter + rng.uniform(-slack, slack)
@@ -86,9 +85,11 @@ def draw_scene(objects, image_size, rng):
         elif thing["shape"] == "삼각형":
             corners = [(x, y - radius), (x + radius, y + 0.8 * radius), (x - radius, y + 0.8 * radius)]
             draw.polygon(corners, fill=fill)
-        else:
-            corners = [(x, y - radius), (x + 0.8 * radius, y), (x, y + radius), (x - 0.8 * radius, y)]
-            draw.polygon(corners, fill=fill)
+        else:  # a cross: two bars across the shape, each 0.72 radius thick
+            arm = 0.36 * radius
+            corners = [(x - radius, y - radius), (x + radius, y + radius)]
+            draw.rectangle([x - radius, y - arm, x + radius, y + arm], fill=fill)
+            draw.rectangle([x - arm, y - radius, x + arm, y + radius], fill=fill)
         thing["box"] = bounding_box(corners)
     return image
 
@@ -99,14 +100,9 @@ def bounding_box(points):
     return [round(min(xs), 1), round(min(ys), 1), round(max(xs), 1), round(max(ys), 1)]
 
 
-def cell_box(cell, image_size):
-    """The quarter of the picture a cell names, [left, top, right, bottom] in pixels."""
-    quarter = image_size / 2
-    return [cell[0] * quarter, cell[1] * quarter, (cell[0] + 1) * quarter, (cell[1] + 1) * quarter]
-
 
 def demo_captions(objects, rng):
-    """Five varied Korean captions naming colours, shapes, counts, sizes and positions; English
+    """Five varied Korean captions naming colours, shapes, counts and positions; English
     captions of the same inventory."""
     groups = Counter((thing["colour"], thing["shape"]) for thing in objects)
     shape_counts = Counter(thing["shape"] for thing in objects)
@@ -124,10 +120,10 @@ def demo_captions(objects, rng):
         rng.choice([f"도형 {total} 개, {with_particle(inventory, '이', '가')} 있다.",
                     f"회색 배경 위에 도형 {total} 개, {with_particle(inventory, '이', '가')} 그려져 있다."]),
         ", ".join(f"{thing['position']}에는 "
-                  f"{with_particle(' '.join([thing['size'], thing['colour'], thing['shape']]), '이', '가')}"
+                  f"{with_particle(thing['colour'] + ' ' + thing['shape'], '이', '가')}"
                   for thing in objects) + " 있다.",
-        with_particle(join_with_and([f"{thing['size']} {thing['colour']} {thing['shape']}" for thing in objects]),
-                      "이", "가") + " 있다.",
+        ", ".join(f"{with_particle(thing['colour'] + ' ' + thing['shape'], '은', '는')} {thing['position']}에"
+                  for thing in objects) + " 있다.",
     ]
     absent_colours = [colour for colour in DEMO_COLOURS if colour not in colour_counts]
     absent_shapes = [shape for shape in DEMO_SHAPES if shape not in shape_counts]
