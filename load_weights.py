@@ -377,15 +377,28 @@ def load_text(text: torch.nn.Module, path, verbose: bool = True) -> LoadReport:
     return report
 
 
+def clip_block_count(path) -> int:
+    """How many transformer blocks a CLIP file holds, from its key names (no tensor is read)."""
+    with safe_open(str(path), "pt") as file:
+        names = {name: None for name in file.keys()}
+    layout, prefix = detect_layout(names, {})
+    return count_indices(names, prefix + ("encoder.layers." if layout == "clip-hf" else "transformer.resblocks."))
+
+
 def initialise_encoders(model: torch.nn.Module, clip_path=None, text_path=None, verbose: bool = True):
     """Start a fresh Meter or Vilt from CLIP and KLUE: the paper's "without pretraining" starting point."""
     if clip_path is not None:
         if model.cfg.arch == "meter":
             load_clip(model.vision, clip_path, verbose)
         else:  # ViLT: CLIP's patch embedding, its blocks as the single stream, ln_post as the final norm
-            # a view of those parts under ClipVision's names, so that load_clip applies as it is
-            load_clip(torch.nn.ModuleDict({"embeddings": model.vision, "blocks": model.blocks,
-                                           "post_norm": model.norm}), clip_path, verbose)
+            # a view of those parts under ClipVision's names, so that load_clip applies as it is; a stream deeper
+            # than the file (the demo's encoders) starts its first blocks from it and keeps the others fresh
+            blocks = model.blocks[:min(len(model.blocks), clip_block_count(clip_path))]
+            report = load_clip(torch.nn.ModuleDict({"embeddings": model.vision, "blocks": blocks,
+                                                    "post_norm": model.norm}), clip_path, verbose=False)
+            if verbose:
+                print(report.summary() + (f"\n  blocks {len(blocks)}-{len(model.blocks) - 1} of the ViLT stream: "
+                                          f"freshly initialised" if len(blocks) < len(model.blocks) else ""))
     if text_path is not None:
         load_text(model.text, text_path, verbose)
 

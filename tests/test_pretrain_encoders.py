@@ -18,7 +18,7 @@ import demo_data
 import finetune
 import pretrain
 import pretrain_encoders
-from load_weights import load_clip, load_text, save_clip_vision, save_roberta
+from load_weights import initialise_encoders, load_clip, load_text, save_clip_vision, save_roberta
 from model import CONFIGS, ClipVision, RobertaText, build_model
 
 FLAGS = ["--config", "tiny", "--batch", "8", "--steps", "4", "--max-len", "40", "--log-every", "2",
@@ -87,13 +87,13 @@ def test_stage_writes_the_real_layouts_and_its_curve(stage):
     assert [row["step"] for row in val] == [2, 4]
     assert all(0 <= row["image_to_text_acc"] <= 1 and 0 <= row["text_to_image_acc"] <= 1 for row in val)
     assert {"loss", "image_to_text_acc", "text_to_image_acc", "scale"} <= set(rows[0])
-    assert len(model.vision.blocks) == CONFIGS["tiny"].vilt_layers  # as deep as ViLT's stream
+    assert len(model.vision.blocks) == CONFIGS["tiny"].vision_layers  # all of them kept by Ko-METER
 
 
 def test_saved_encoders_load_through_load_clip_and_load_text_with_the_same_features(stage):
     out, model, paths = stage
     pixels, input_ids, attention_mask = sample_inputs(paths)
-    cfg = replace(CONFIGS["tiny"], vocab_size=model.cfg.vocab_size, vision_layers=len(model.vision.blocks))
+    cfg = replace(CONFIGS["tiny"], vocab_size=model.cfg.vocab_size)
     vision, text = ClipVision(cfg).eval(), RobertaText(cfg).eval()
     clip_report = load_clip(vision, out / "clip" / "model.safetensors", verbose=False)
     text_report = load_text(text, out / "roberta" / "model.safetensors", verbose=False)
@@ -102,10 +102,12 @@ def test_saved_encoders_load_through_load_clip_and_load_text_with_the_same_featu
     with torch.no_grad():
         assert torch.equal(vision(pixels), model.vision(pixels))
         assert torch.equal(text(input_ids, attention_mask), model.text(input_ids, attention_mask))
-    meter = build_model(replace(CONFIGS["tiny"], vocab_size=model.cfg.vocab_size))  # Ko-METER keeps the first 2 blocks
-    report = load_clip(meter.vision, out / "clip" / "model.safetensors", verbose=False)
-    assert torch.equal(meter.vision.blocks[1].mlp_in.weight, model.vision.blocks[1].mlp_in.weight)
-    assert any(name.startswith("vision_model.encoder.layers.3.") for name in report.ignored)
+    vilt = build_model(replace(cfg, arch="vilt"))  # a 4-block stream: the file's 2 blocks, then 2 fresh ones
+    fresh = vilt.blocks[3].mlp_in.weight.clone()
+    initialise_encoders(vilt, out / "clip" / "model.safetensors", out / "roberta" / "model.safetensors", verbose=False)
+    assert torch.equal(vilt.blocks[1].mlp_in.weight, model.vision.blocks[1].mlp_in.weight)
+    assert torch.equal(vilt.blocks[3].mlp_in.weight, fresh)
+    assert torch.equal(vilt.text.word.weight, model.text.embeddings.word.weight)
 
 
 def test_transformers_loads_the_files_with_no_missing_key(stage):
