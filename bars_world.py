@@ -33,7 +33,8 @@ ALONE_NUMBERS = {1: "하나", 2: "둘", 3: "셋", 4: "넷"}
 ATTRIBUTIVE_NUMBERS = {1: "한", 2: "두", 3: "세", 4: "네"}
 UNKNOWABLE_QUESTIONS = ["이 그래프는 무엇을 나타내나요?", "막대의 단위는 무엇인가요?", "이 그림은 언제 그렸나요?",
                         "점은 무엇을 뜻하나요?", "이 그래프를 그린 사람은 누구인가요?"]
-BARS_VERSION = 1
+BARS_VERSION = 2
+YES_NO_TRIES = 200  # draws of a yes/no question until one has the answer drawn first
 
 
 def bars_scene(rng):
@@ -49,7 +50,8 @@ def bars_scene(rng):
 
 def draw_bars(bars, image_size, rng):
     """A light background, a grey baseline, each bar standing on it (one unit = 22% of the side) and
-    a dot hovering just above the bars that carry one."""
+    a dot hovering just above the bars that carry one. Each bar's drawn bounding box, its dot included, goes into
+    its "box" (what the pointing game of report.py checks the attention maps against)."""
     tint = rng.randint(238, 252)
     image = Image.new("RGB", (image_size, image_size), (tint, tint, tint - 6))
     draw = ImageDraw.Draw(image)
@@ -62,10 +64,12 @@ def draw_bars(bars, image_size, rng):
         half_width = 0.22 * slot_width
         top = baseline - bar["level"] * 0.22 * image_size
         draw.rectangle([centre - half_width, top, centre + half_width, baseline], fill=BAR_COLOURS[bar["colour"]][1])
+        bar["box"] = [round(centre - half_width, 1), round(top, 1), round(centre + half_width, 1), round(baseline, 1)]
         if bar["dot"]:
             radius = 0.055 * image_size
             middle = top - 0.04 * image_size - radius
             draw.ellipse([centre - radius, middle - radius, centre + radius, middle + radius], fill=DOT_COLOUR)
+            bar["box"][1] = round(middle - radius, 1)  # the box takes in the bar's dot
     return image
 
 
@@ -140,50 +144,68 @@ def bars_captions(bars, rng):
 
 
 def bars_question(kind, bars, rng):
-    """(question, answer, answer type) of one kind, answered by the picture."""
+    """(question, answer, answer type, box): a question of one kind, answered by the picture; box is where the one
+    bar it asks about was drawn, or None when it asks about no single bar."""
     colours, present, single = list(BAR_COLOURS), [bar["colour"] for bar in bars], unique_colours(bars)
     variant = rng.randrange(4)
     if kind == "숫자":
         if variant == 0:
-            return "막대는 모두 몇 개인가요?", f"{len(bars)}개", kind
+            return "막대는 모두 몇 개인가요?", f"{len(bars)}개", kind, None
         if variant == 1:
-            return "점은 몇 개인가요?", f"{sum(bar['dot'] for bar in bars)}개", kind
+            return "점은 몇 개인가요?", f"{sum(bar['dot'] for bar in bars)}개", kind, None
         if variant == 2:
             colour = rng.choice(present if rng.random() < 0.85 else colours)
-            return f"{colour} 막대는 몇 개인가요?", f"{present.count(colour)}개", kind
+            return f"{colour} 막대는 몇 개인가요?", f"{present.count(colour)}개", kind, None
         level = rng.choice([1, 3])
-        return f"{BAR_HEIGHTS[level][0]} 막대는 몇 개인가요?", f"{sum(bar['level'] == level for bar in bars)}개", kind
-    if kind == "예/아니오":
-        if variant == 1 and len(single) >= 2:
-            first, second = rng.sample(single, 2)
-            levels = {bar["colour"]: bar["level"] for bar in bars}
-            return f"{first} 막대가 {second} 막대보다 높나요?", "예" if levels[first] > levels[second] else "아니오", kind
-        if variant == 2 and single:
-            colour = rng.choice(single)
-            carries = next(bar["dot"] for bar in bars if bar["colour"] == colour)
-            return f"{colour} 막대 위에 점이 있나요?", "예" if carries else "아니오", kind
-        if variant == 3 and len(single) >= 2:
-            first, second = rng.sample(single, 2)
-            return (f"{first} 막대가 {second} 막대의 왼쪽에 있나요?",
-                    "예" if single.index(first) < single.index(second) else "아니오", kind)
-        colour = rng.choice(present if rng.random() < 0.5 else colours)
-        return f"{colour} 막대가 있나요?", "예" if colour in present else "아니오", kind
+        return f"{BAR_HEIGHTS[level][0]} 막대는 몇 개인가요?", f"{sum(bar['level'] == level for bar in bars)}개", kind, None
+    if kind == "예/아니오":  # the answer is drawn first, then questions of one variant until one has it
+        if variant in (1, 3) and len(single) < 2 or variant == 2 and not single:
+            variant = 0  # the picture has no bar of a colour of its own to ask about
+        wanted = rng.choice(["예", "아니오"])
+        for _ in range(YES_NO_TRIES):
+            question, answer, bar = yes_no_question(variant, bars, rng)
+            if answer == wanted:
+                break
+        return question, answer, kind, bar["box"] if bar else None
     if kind == "그 외":
         highest = max(bar["level"] for bar in bars)
         tallest = [bar for bar in bars if bar["level"] == highest]
         dotted = [bar for bar in bars if bar["dot"]]
         if variant == 0 and len(tallest) == 1:
-            return "가장 높은 막대는 무슨 색인가요?", tallest[0]["colour"], kind
+            return "가장 높은 막대는 무슨 색인가요?", tallest[0]["colour"], kind, tallest[0]["box"]
         if variant == 2 and len(dotted) == 1:
-            return "점이 있는 막대는 무슨 색인가요?", dotted[0]["colour"], kind
+            return "점이 있는 막대는 무슨 색인가요?", dotted[0]["colour"], kind, dotted[0]["box"]
         if variant == 3 and single:
-            colour = rng.choice(single)
-            level = next(bar["level"] for bar in bars if bar["colour"] == colour)
-            return f"{colour} 막대의 높이는 어떤가요?", BAR_HEIGHTS[level][1], kind
+            bar = bar_of(bars, rng.choice(single))
+            return f"{bar['colour']} 막대의 높이는 어떤가요?", BAR_HEIGHTS[bar["level"]][1], kind, bar["box"]
         if rng.random() < 0.5:
-            return "맨 왼쪽 막대는 무슨 색인가요?", bars[0]["colour"], kind
-        return "맨 오른쪽 막대는 무슨 색인가요?", bars[-1]["colour"], kind
-    return rng.choice(UNKNOWABLE_QUESTIONS), "알 수 없음", kind
+            return "맨 왼쪽 막대는 무슨 색인가요?", bars[0]["colour"], kind, bars[0]["box"]
+        return "맨 오른쪽 막대는 무슨 색인가요?", bars[-1]["colour"], kind, bars[-1]["box"]
+    return rng.choice(UNKNOWABLE_QUESTIONS), "알 수 없음", kind, None
+
+
+def bar_of(bars, colour):
+    """The bar of a colour that names exactly one bar."""
+    return next(bar for bar in bars if bar["colour"] == colour)
+
+
+def yes_no_question(variant, bars, rng):
+    """(question, 예 or 아니오, the one bar it asks about or None), colours drawn uniformly: is there an orange bar,
+    is one bar taller than another, does a bar carry a dot, is one bar left of another."""
+    single = unique_colours(bars)
+    if variant == 1:
+        first, second = rng.sample(single, 2)
+        taller = bar_of(bars, first)["level"] > bar_of(bars, second)["level"]
+        return f"{first} 막대가 {second} 막대보다 높나요?", "예" if taller else "아니오", None
+    if variant == 2:
+        bar = bar_of(bars, rng.choice(single))
+        return f"{bar['colour']} 막대 위에 점이 있나요?", "예" if bar["dot"] else "아니오", bar
+    if variant == 3:
+        first, second = rng.sample(single, 2)
+        return (f"{first} 막대가 {second} 막대의 왼쪽에 있나요?",
+                "예" if single.index(first) < single.index(second) else "아니오", None)
+    colour = rng.choice(list(BAR_COLOURS))
+    return f"{colour} 막대가 있나요?", "예" if colour in [bar["colour"] for bar in bars] else "아니오", None
 
 
 def bars_questions(bars, rng, count):

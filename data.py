@@ -350,8 +350,9 @@ class VqaDataset(torch.utils.data.Dataset):
     enters a new epoch.
     """
 
-    def __init__(self, entries, answer_vocab, image_size, augment=None, seed=0):
+    def __init__(self, entries, answer_vocab, image_size, augment=None, seed=0, picture_of=None):
         self.entries = entries
+        self.picture_of = picture_of  # {image: the image shown instead}: finetune.py's wrong-picture control
         self.num_answers = len(answer_vocab)
         self.image_size = image_size
         self.augment = augment
@@ -372,7 +373,8 @@ class VqaDataset(torch.utils.data.Dataset):
         for answer, score in (answer_scores(entry["answers"]) if entry["answers"] else {}).items():
             if answer in self.answer_index:
                 targets[self.answer_index[answer]] = score
-        return {"pixels": load_image(entry["image"], self.image_size, self.augment, rng),
+        image = self.picture_of[entry["image"]] if self.picture_of else entry["image"]
+        return {"pixels": load_image(image, self.image_size, self.augment, rng),
                 "question": entry["question"], "targets": targets,
                 "question_id": entry["question_id"], "index": index}
 

@@ -1,57 +1,72 @@
-"""The demo's tables: `python finetune.py --demo` fine-tunes three times and prints the paper's comparisons.
+"""The demo's tables: `python finetune.py --demo` runs the three stages and prints the paper's comparisons.
 
-On top of the training scripts: it calls pretrain.train and finetune.train, the way a user would run them one
-after another, on the synthetic sets of demo_data.py. finetune.py hands it its command line when --demo asks
-for the tables (or --seeds for several runs); `python demo.py` takes the same flags.
+On top of the training scripts: it calls pretrain_encoders.train, pretrain.train and finetune.train, the way a
+user would run them one after another, on the synthetic sets of demo_data.py. finetune.py hands it its command
+line when --demo asks for the tables (or --seeds for several runs); `python demo.py` takes the same flags.
 
-    python demo.py                   # = python finetune.py --demo: about 8 min on 2 CPU cores
+    python demo.py                   # = python finetune.py --demo: about 12 min on 2 CPU cores
     python demo.py --world bars --seeds 3
 
-The three runs, at equal steps: Ko-METER from the demo pretraining (out/pretrain_demo/, made first when
-missing), Ko-METER without it, and the ViLT baseline without it. Then the tables, as mean ± standard deviation
-over the seeds, beside what the question's words alone score.
+The stages: the encoders (pretrain_encoders.py, out/encoders_demo/, made first when missing), METER pretraining
+from them (out/pretrain_demo/, made when missing or older than the encoders), then three fine-tunings at equal
+steps: Ko-METER from that pretraining, Ko-METER without it (from the same encoders) and the ViLT baseline
+without it. Then the tables, as mean ± standard deviation over the seeds, with the controls every fine-tuning
+writes into its results.json (what the words alone score; the same model shown another picture), the pointing
+game of the attention maps, and the minutes each stage took.
 
 Choices:
 - The "question only" row answers each dev question with the most frequent training answer of the same
-  words: a model that does not beat it has learned the questions, not the pictures.
+  words: a model that does not beat it has learned the questions, not the pictures. The "wrong picture" row under
+  each model is that model answering every dev question with another dev picture: a model that looks falls
+  towards the question-only line.
 - --seeds N runs seeds --seed .. --seed + N - 1 of every fine-tuning from the same pretrained model; the
   spread is the sample standard deviation over those runs.
 """
 
 import os
 import sys
+import time
 import unicodedata
-from collections import Counter
 
 import finetune
-import formats
 import pretrain
+import pretrain_encoders
+import report
 import training
 from checkpoints import read_json
-from demo_data import demo_pretrained, make_demo, world_suffix
+from demo_data import demo_pretrained, world_suffix
 from formats import ANSWER_TYPES
 
 
 def run_finetune_demo(args, argv):
-    """`python finetune.py --demo`: three fine-tuning runs at equal steps, each --seeds times, then the paper's
-    tables. Pretrains first when the world's out/pretrain_demo*/ has no checkpoint."""
+    """`python finetune.py --demo`: the encoder stage and METER pretraining when their output is missing (or older
+    than what it starts from), then three fine-tuning runs at equal steps, each --seeds times, and the paper's
+    tables, with the controls and the time of each stage."""
+    minutes = {}
+    demo_flags = ["--demo", "--world", args.world] + (["--demo-dir", args.demo_dir] if args.demo_dir else [])
+    encoders = [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world=world_suffix(args.world)) for flag in ("clip", "text")]
+    if not all(os.path.exists(path) for path in encoders):
+        print(f"{encoders[0]} is missing: running the encoder stage first (pretrain_encoders.py --demo)")
+        minutes["encoders (pretrain_encoders.py)"] = timed(
+            lambda: pretrain_encoders.train(pretrain_encoders.parse_args(demo_flags)))
     pretrained = demo_pretrained(args.world)
-    if not os.path.exists(pretrained):
-        print(f"{pretrained} is missing: running the pretraining demo first")
-        pretrain_flags = ["--demo", "--world", args.world] + (["--demo-dir", args.demo_dir] if args.demo_dir else [])
-        pretrain.train(pretrain.parse_args(pretrain_flags))
+    if not os.path.exists(pretrained) or os.path.getmtime(pretrained) < max(map(os.path.getmtime, encoders)):
+        print(f"{pretrained} is missing or older than the encoders: running the pretraining demo first")
+        minutes["METER pretraining (pretrain.py)"] = timed(lambda: pretrain.train(pretrain.parse_args(demo_flags)))
     out = output_folder(args)
     cells = [("with pretraining", os.path.join(out, "pretrained"), ["--pretrained", pretrained]),
              ("without pretraining", os.path.join(out, "scratch"), []),
              ("ViLT without pretraining", os.path.join(out, "vilt"), ["--arch", "vilt"])]
-    results = run_cells(cells, args, argv)
-    print_demo_tables(results, question_only_results(args))
+    results = run_cells(cells, args, argv, minutes)
+    print_demo_tables(results)
+    print_minutes(minutes)
 
 
 def run_seeds(args, argv):
     """`--seeds N` on a single fine-tuning: N runs, then their mean and spread."""
-    results = run_cells([("fine-tuned", output_folder(args), [])], args, argv)
-    print_demo_tables(results, question_only_results(args))
+    minutes = {}
+    print_demo_tables(run_cells([("fine-tuned", output_folder(args), [])], args, argv, minutes))
+    print_minutes(minutes)
 
 
 def output_folder(args):
@@ -61,43 +76,26 @@ def output_folder(args):
     return finetune.FINETUNE_DEMO_DEFAULTS["out"] + world_suffix(args.world) if args.demo else finetune.FINETUNE_DEFAULTS["out"]
 
 
-def run_cells(cells, args, argv):
+def timed(run):
+    """Minutes of wall time `run()` takes."""
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) / 60
+
+
+def run_cells(cells, args, argv, minutes):
     """Fine-tune every (label, out, extra flags) cell with seeds --seed .. --seed + --seeds - 1: the first
-    seed's run in out, the others in out_seed<s>. Returns {label: [results.json of each seed]}."""
+    seed's run in out, the others in out_seed<s>. Returns {label: [results.json of each seed]}; adds each run's
+    minutes to `minutes` under "fine-tuning <label>"."""
     results = {}
     for seed in range(args.seed, args.seed + args.seeds):
         for label, out, extra in cells:
             out = out if seed == args.seed else f"{out}_seed{seed}"
             print(f"\n== fine-tuning {label}, seed {seed} ==")
-            finetune.train(finetune.parse_args([*argv, "--out", out, "--seed", str(seed), *extra]))  # the last wins
+            run_args = finetune.parse_args([*argv, "--out", out, "--seed", str(seed), *extra])  # the last wins
+            minutes.setdefault(f"fine-tuning {label}", []).append(timed(lambda: finetune.train(run_args)))
             results.setdefault(label, []).append(read_json(os.path.join(out, "results.json")))
     return results
-
-
-def question_only_results(args):
-    """What the words alone score: each dev question answered with the most frequent training answer of the
-    same question (of all training questions when the question is new), overall and by type, in the shape of
-    results.json; None without a --dev file. A model that looks at the picture must do better."""
-    if args.demo:  # the demo set's files, as finetune.py's settle_flags finds them
-        paths = make_demo(args.demo_dir or "demo_data" + world_suffix(args.world), seed=0, world=args.world)
-        train_path, dev_path, images = paths["vqa_train"], paths["vqa_dev"], paths["images"]
-    else:
-        train_path, dev_path, images = args.train, args.dev, args.images
-    if not dev_path:
-        return None
-    train_entries, dev_entries = formats.read_vqa(train_path, images), formats.read_vqa(dev_path, images)
-    by_question, overall = {}, Counter()
-    for entry in train_entries:
-        by_question.setdefault(entry["question"], Counter()).update(entry["answers"])
-        overall.update(entry["answers"])
-    correct = {answer_type: [] for answer_type in ANSWER_TYPES}
-    for entry in dev_entries:
-        guess = by_question.get(entry["question"], overall).most_common(1)[0][0]
-        correct[entry["answer_type"]].append(guess == Counter(entry["answers"]).most_common(1)[0][0])
-    every = [hit for hits in correct.values() for hit in hits]
-    return {"overall": {"accuracy": sum(every) / max(len(every), 1), "n": len(every)},
-            "by_type": {answer_type: {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits)}
-                        for answer_type, hits in correct.items()}}
 
 
 def right_aligned(text, columns):
@@ -125,10 +123,10 @@ def accuracy_of(result, column):
     return (result["overall"] if column == "overall" else result["by_type"][column])["accuracy"]
 
 
-def print_demo_tables(results, question_only=None):
-    """The paper's tables from {label: [results.json of each seed]}: accuracy after each evaluation step,
-    by answer type (with the gain of pretraining seed by seed, and what the words alone score), and
-    Ko-METER against ViLT, as mean ± standard deviation over the seeds."""
+def print_demo_tables(results):
+    """The paper's tables from {label: [results.json of each seed]}: accuracy after each evaluation step; by answer
+    type, with each model's wrong-picture control under it, the gain of pretraining seed by seed and what the words
+    alone score; Ko-METER against ViLT; and the pointing game. Mean ± standard deviation over the seeds."""
     seeds = len(next(iter(results.values())))
     over = f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed"
     labels = [label for label in results if label != "ViLT without pretraining"]
@@ -140,21 +138,63 @@ def print_demo_tables(results, question_only=None):
             f"{percent_text([run['history'][index]['accuracy'] for run in results[label]]):>16}"
             for index in range(len(steps))))
     columns = ["overall", *ANSWER_TYPES]
-    print(f"\naccuracy by answer type %, {over} (the paper's second table)")
+    print(f"\naccuracy by answer type %, {over} (the paper's second table; under each model, the same model shown "
+          f"another dev picture)")
     print(f"{'':<24}" + "".join(right_aligned(column, 16) for column in columns))
-    rows = [(label, [[accuracy_of(run, column) for run in results[label]] for column in columns]) for label in labels]
+    rows = []
+    for label in labels:
+        rows.append((label, [[accuracy_of(run, column) for run in results[label]] for column in columns]))
+        rows.append(("  wrong picture", [[accuracy_of(run["wrong_picture"], column) for run in results[label]]
+                                         for column in columns]))
     if {"with pretraining", "without pretraining"} <= set(results):
         pairs = list(zip(results["with pretraining"], results["without pretraining"]))
         rows.append(("gain, seed by seed", [[accuracy_of(with_run, column) - accuracy_of(without_run, column)
                                              for with_run, without_run in pairs] for column in columns]))
-    if question_only:
-        rows.append(("question only", [[accuracy_of(question_only, column)] for column in columns]))
+    question_only = results[labels[0]][0]["question_only"]
+    rows.append(("question only", [[accuracy_of(question_only, column)] for column in columns]))
     for label, values in rows:
         print(f"{label:<24}" + "".join(f"{percent_text(column_values):>16}" for column_values in values))
     if "ViLT without pretraining" in results:
         print(f"\nKo-METER vs ViLT, dev accuracy %, both without pretraining, {over} (the paper's last comparison)")
         for label, name in (("without pretraining", "Ko-METER"), ("ViLT without pretraining", "ViLT")):
             print(f"{name:<24}{percent_text([run['overall']['accuracy'] for run in results[label]]):>16}")
+    print_pointing_game(results, over)
+
+
+def print_pointing_game(results, over):
+    """The share of the questions about one object whose attention map (predict.py --explain's, last layer) peaks
+    inside that object's box, per answer type: the [CLS] token's map, under it the mean of the tokens', and the
+    level a map that peaks anywhere reaches."""
+    first = next(iter(results.values()))[0]["pointing"]
+    if not first["overall"]["n"]:
+        return
+    columns = [*first["by_type"], "all"]
+
+    def cells(run):
+        return [run["pointing"]["by_type"][column] if column != "all" else run["pointing"]["overall"]
+                for column in columns]
+
+    print(f"\npointing game: questions about one object whose map peaks in its box %, {over} (the [CLS] token's map; "
+          f"under it, where the maps of the picture's other questions peak, and the mean of the tokens' map)")
+    print(f"{'':<24}" + "".join(right_aligned(f"{column} ({cell['n']})", 16) for column, cell in zip(columns, cells(
+        next(iter(results.values()))[0]))))
+    for label, runs in results.items():
+        for name, shown in ((report.MAP_NAMES[0], label), (f"{report.MAP_NAMES[0]}, other questions", "  other questions"),
+                            (report.MAP_NAMES[1], "  mean of the tokens")):
+            print(f"{shown:<24}" + "".join(f"{percent_text(values):>16}" for values in zip(
+                *[[cell[name] for cell in cells(run)] for run in runs])))
+    print(f"{'by chance':<24}" + "".join(f"{percent_text([cell['chance']]):>16}" for cell in cells(
+        next(iter(results.values()))[0])))
+
+
+def print_minutes(minutes):
+    """The wall time of each stage this command ran, in minutes (fine-tunings: the mean over their seeds)."""
+    print("\nminutes of wall time, each stage this command ran (fine-tunings: mean over the seeds)")
+    for stage, values in minutes.items():
+        values = values if isinstance(values, list) else [values]
+        print(f"{stage:<40}{sum(values) / len(values):>8.1f}")
+    total = sum(sum(values) if isinstance(values, list) else values for values in minutes.values())
+    print(f"{'all of them':<40}{total:>8.1f}")
 
 
 def main(argv=None):

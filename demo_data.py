@@ -6,6 +6,8 @@ made by separate code so that a result is not an artefact of one generator: colo
 of a picture (shapes_world.py) and coloured bars with dots (bars_world.py). For either it writes:
   MSCOCO_train_val_Korean.json   AIHub Korean MSCOCO captions (file_path under images/, caption_ko x 5)
   vqa_train.json, vqa_dev.json   AIHub 생활 및 거주환경 VQA labels, on other pictures
+  vqa_dev_objects.json           {dev question id: [left, top, right, bottom]}: in pixels, where the one object a
+                                 question asks about is drawn (the pointing game, finetune.py --dev-objects)
   images/{train2014,val2014}/COCO_*.jpg, images/<world>/<world>_*.jpg
   tokenizer.json                 a KLUE-style WordPiece vocabulary learned from the world's own text
 
@@ -34,7 +36,8 @@ from checkpoints import write_json
 from tokenizer_files import SPECIAL_TOKENS, bert_normalizer
 
 # The worlds make_demo can write: (scene(rng), draw(scene, image_size, rng), captions(scene, rng) -> (Korean,
-# English), questions(scene, rng, count) -> [(question, answer, answer type)], version of its data).
+# English), questions(scene, rng, count) -> [(question, answer, answer type, box of the one object it asks about
+# or None)], version of its data). draw records each object's box in the scene it draws.
 WORLDS = {
     "shapes": (shapes_world.demo_scene, shapes_world.draw_scene, shapes_world.demo_captions,
                shapes_world.demo_questions, shapes_world.DEMO_VERSION),
@@ -46,11 +49,12 @@ WORLDS = {
 def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_dev_images=125,
               questions_per_image=4, image_size=96, vocab_size=300, world="shapes"):
     """Write the synthetic Korean data set of a world (WORLDS); return {"captions", "vqa_train",
-    "vqa_dev", "images", "tokenizer"} paths. Same world, seed and sizes -> same bytes; an existing
+    "vqa_dev", "images", "tokenizer", "dev_objects"} paths. Same world, seed and sizes -> same bytes; an existing
     complete demo made with the same settings (demo_done.json) is reused as it is.
 
     out_dir/MSCOCO_train_val_Korean.json   AIHub MSCOCO captions, file_path under images/
     out_dir/vqa_train.json, vqa_dev.json   AIHub 생활 및 거주환경 VQA labels (different images)
+    out_dir/vqa_dev_objects.json           the boxes of the dev questions about one object
     out_dir/images/{train2014,val2014}/COCO_*.jpg and images/<world>/<world>_*.jpg
     out_dir/tokenizer.json                 WordPiece trained on the demo's text
     """
@@ -63,7 +67,7 @@ def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_de
         settings["world"] = world
     paths = {"captions": str(out / "MSCOCO_train_val_Korean.json"), "vqa_train": str(out / "vqa_train.json"),
              "vqa_dev": str(out / "vqa_dev.json"), "images": str(out / "images"),
-             "tokenizer": str(out / "tokenizer.json")}
+             "tokenizer": str(out / "tokenizer.json"), "dev_objects": str(out / "vqa_dev_objects.json")}
     marker = out / "demo_done.json"
     if marker.is_file():
         complete = all(os.path.exists(path) for path in paths.values())
@@ -88,6 +92,7 @@ def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_de
         texts += korean
     write_json(paths["captions"], caption_records)
     vqa_rng = random.Random(f"{seed}:vqa")
+    objects = {}  # dev question id -> the box of the one object it asks about
     (out / "images" / world).mkdir(parents=True, exist_ok=True)
     first_image = 1
     for name, image_count in (("vqa_train", vqa_train_images), ("vqa_dev", vqa_dev_images)):
@@ -98,13 +103,16 @@ def make_demo(out_dir, seed=0, caption_images=2000, vqa_train_images=900, vqa_de
             draw(scene, image_size, vqa_rng).save(out / "images" / world / file_name, quality=95)
             images.append({"image_id": image_id, "image": file_name, "category": world,
                            "width": image_size, "height": image_size})
-            for number, (question, answer, answer_type) in enumerate(
+            for number, (question, answer, answer_type, box) in enumerate(
                     questions_of(scene, vqa_rng, questions_per_image)):
                 questions.append({"image_id": image_id, "question_id": image_id * 100 + number,
                                   "question": question, "answer": answer, "answer_type": answer_type})
                 texts += [question, answer]
+                if box is not None and name == "vqa_dev":
+                    objects[str(image_id * 100 + number)] = box
         write_json(paths[name], {"images": images, "question": questions})
         first_image += image_count
+    write_json(paths["dev_objects"], objects)
     train_tokenizer(texts, paths["tokenizer"], vocab_size)
     write_json(marker, settings)
     return paths

@@ -5,10 +5,11 @@ classification over the training answers with soft-score targets and binary cros
 AIHub's Korean VQA (3,811 answers) and reports accuracy overall and per answer type. Here: the loss, the
 evaluation, the model set-up and the training loop (machinery as for pretrain.py).
 
-    python finetune.py --demo   # the paper's comparisons on the demo set, about 8 min on 2 CPU cores
+    python finetune.py --demo   # the paper's comparisons on the demo set, about 12 min on 2 CPU cores
 
---demo hands over to demo.py: three fine-tunings at equal steps (from the demo pretraining, without it, ViLT
-without it) and the paper's tables; --seeds N repeats each run, --world bars uses the second world. The paper's:
+--demo hands over to demo.py: the demo's encoders and pretraining when missing, then three fine-tunings at equal
+steps (from that pretraining; without it, from the same encoders; ViLT without it) and the paper's tables;
+--seeds N repeats each run, --world bars uses the second world. The paper's:
 
     python finetune.py --train vqa/train --dev-size 3000 --images vqa/images --tokenizer klue/tokenizer.json \
         --pretrained pretrain_out/ --image-size 384 --batch 512 --micro-batch 64 --steps 10250
@@ -17,7 +18,9 @@ Without --pretrained, --clip/--text give the paper's "without pretraining" run (
 random). --pretrained builds the model its checkpoint holds (load_weights.load_meter) and --image-size resizes
 its position embeddings. --out receives the checkpoint, answers.json (index = class), best/, results.json,
 dev_predictions.jsonl, metrics.jsonl, curves.png and dev_report.html (report.py: every dev question with its
-answers and where the model looked, for the final model; a run stopped by a signal leaves none).
+answers and where the model looked, for the final model; a run stopped by a signal leaves none). results.json
+also gets the controls that show whether answers come from the picture: "question_only" (the words alone),
+"wrong_picture" (each question shown another dev picture) and "pointing" (the pointing game, --dev-objects).
 
 Choices where the papers are silent:
 - Exact-match accuracy compares the predicted answer with the most frequent annotator answer (the first
@@ -57,7 +60,8 @@ FINETUNE_DEFAULTS = {
 FINETUNE_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
     "config": "tiny", "batch": 32, "steps": 300, "lr": 1e-4,
     "log_every": 25, "save_every": 300, "out": "out/finetune_demo", "workers": 0, "augment": "safe",
-}
+    "clip": "out/encoders_demo{world}/clip/model.safetensors", "text": "out/encoders_demo{world}/roberta/model.safetensors",
+}  # the encoders of pretrain_encoders.py --demo ({world}: the world's suffix)
 AUGMENT_OPERATIONS = {"all": data.RandAugment.ALL_OPS, "safe": data.RandAugment.SAFE_FOR_COLOUR_AND_COUNT, "none": ()}
 
 
@@ -73,6 +77,9 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", help="tokenizer.json or vocab.txt (KLUE WordPiece)")
     parser.add_argument("--pretrained", help="Ko-METER checkpoint (file or pretraining output folder) to start from")
     training.add_encoder_flags(parser, "without --pretrained: ")
+    parser.add_argument("--dev-objects", help="JSON {question id: [left, top, right, bottom]}: the one object each of "
+                        "these dev questions asks about, in pixels of its picture; the pointing game of results.json "
+                        "and dev_report.html counts how often the attention maps peak inside (with --demo: the demo's)")
     parser.add_argument("--answers", type=int, default=3811,
                         help="answer classes: the most frequent training answers (default: 3811, the paper's)")
     parser.add_argument("--augment", choices=sorted(AUGMENT_OPERATIONS),
@@ -142,6 +149,15 @@ def evaluate_vqa(model, loader, entries, answer_vocab, args, device):
     return results, predictions
 
 
+def wrong_pictures(entries, seed):
+    """{image: another image}, the wrong-picture control: the entries' images in a seeded order, each showing the
+    next one's picture (the last the first's), so that no question keeps its own. A model that answers from the
+    picture falls towards what the words alone score; one that answers from the words does not move."""
+    images = sorted({entry["image"] for entry in entries})
+    order = torch.randperm(len(images), generator=training.seeded_generator(seed, "wrong pictures")).tolist()
+    return {images[order[index]]: images[order[(index + 1) % len(order)]] for index in range(len(order))}
+
+
 def dev_means(results):
     """The dev line: accuracy and VQA score overall, and the accuracy of each answer type."""
     return {"accuracy": results["overall"]["accuracy"], "vqa_score": results["overall"]["vqa_score"],
@@ -165,6 +181,19 @@ def build_finetune_model(args, tokenizer, num_answers, rank):
     model.mlm_head.requires_grad_(False)
     model.itm_head.requires_grad_(False)
     return model
+
+
+def start_from_answer_prior(model, entries, answer_vocab):
+    """A new answer classifier (its bias all zero) starts from each answer's log-odds among the training answers:
+    its first steps then tell questions apart, instead of pushing every logit down together, which in the demo
+    drove a pretrained fusion's features of all questions to one point, where they stayed."""
+    if model.vqa_head.classifier.bias.any():
+        return
+    counts = entries.answer_counts()  # {answer: times given}
+    share = torch.tensor([counts.get(answer, 0) for answer in answer_vocab]) / max(sum(counts.values()), 1)
+    share = share.clamp(1e-6, 1 - 1e-6)
+    with torch.no_grad():
+        model.vqa_head.classifier.bias.copy_(torch.log(share / (1 - share)))
 
 
 def read_questions(args, rank):
@@ -195,6 +224,7 @@ def train(args):
         print(f"questions: {len(train_entries)} for training, {len(dev_entries)} dev; {len(answer_vocab)} answers")
 
     model = build_finetune_model(args, tokenizer, len(answer_vocab), rank)
+    start_from_answer_prior(model, train_entries, answer_vocab)
     model.to(device)
     optimizer = build_optimizer(model, args.lr, FINETUNE_LR_MULTIPLIERS)
     run.check_room_for(model)  # refuse a disk under --out without room for one checkpoint
@@ -211,6 +241,8 @@ def train(args):
     train_set = data.VqaDataset(train_entries, answer_vocab, image_size, augment=augment, seed=args.seed)
     loader = iter(training.make_loader(train_set, collate, args, device, start_step, rank, world_size))
     dev_loader = training.make_loader(data.VqaDataset(dev_entries, answer_vocab, image_size), collate, args, device)
+    wrong_picture_loader = training.make_loader(data.VqaDataset(
+        dev_entries, answer_vocab, image_size, picture_of=wrong_pictures(dev_entries, args.seed)), collate, args, device)
     if rank == 0:
         checkpoints.write_json(answers_path, answer_vocab)
         saved_files = [checkpoints.copy_tokenizer(tokenizer.source, args.out), answers_path]
@@ -273,9 +305,18 @@ def train(args):
             training.wait_for_process_0(world_size)
         if stopping:  # raises SystemExit with the command that resumes
             run.stop(completed, run.stop_requested)
-    if rank == 0:  # the final model on the dev questions as one page: answers, attention maps, accuracy per type
-        report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab, args.max_len,
-                            dev_entries, reference_answer, f"{args.out}: dev questions after {args.steps} steps")
+    if rank == 0:  # the final model: the controls, and the dev questions as one page with the attention maps
+        controls = {"question only": report.question_only(train_entries, dev_entries),
+                    "wrong picture": evaluate_vqa(model, wrong_picture_loader, dev_entries, answer_vocab, args, device)[0]}
+        objects = checkpoints.read_json(args.dev_objects) if args.dev_objects else None
+        rows = report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab,
+                                   args.max_len, dev_entries, reference_answer,
+                                   f"{args.out}: dev questions after {args.steps} steps", objects=objects,
+                                   controls=controls)
+        results = checkpoints.read_json(os.path.join(args.out, "results.json"))
+        checkpoints.write_json(os.path.join(args.out, "results.json"), {
+            **results, "question_only": controls["question only"], "wrong_picture": controls["wrong picture"],
+            "pointing": report.pointing_results(rows)})
     run.finish()
     if rank == 0:
         print(f"done: {args.out}/results.json, dev_report.html, dev_predictions.jsonl, model.safetensors, best/")

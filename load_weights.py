@@ -378,15 +378,28 @@ def load_text(text: torch.nn.Module, path, verbose: bool = True) -> LoadReport:
     return report
 
 
+def clip_block_count(path) -> int:
+    """How many transformer blocks a CLIP file holds, from its key names (no tensor is read)."""
+    with safe_open(str(path), "pt") as file:
+        names = {name: None for name in file.keys()}
+    layout, prefix = detect_layout(names, {})
+    return count_indices(names, prefix + ("encoder.layers." if layout == "clip-hf" else "transformer.resblocks."))
+
+
 def initialise_encoders(model: torch.nn.Module, clip_path=None, text_path=None, verbose: bool = True):
     """Start a fresh Meter or Vilt from CLIP and KLUE: the paper's "without pretraining" starting point."""
     if clip_path is not None:
         if model.cfg.arch == "meter":
             load_clip(model.vision, clip_path, verbose)
         else:  # ViLT: CLIP's patch embedding, its blocks as the single stream, ln_post as the final norm
-            # a view of those parts under ClipVision's names, so that load_clip applies as it is
-            load_clip(torch.nn.ModuleDict({"embeddings": model.vision, "blocks": model.blocks,
-                                           "post_norm": model.norm}), clip_path, verbose)
+            # a view of those parts under ClipVision's names, so that load_clip applies as it is; a stream deeper
+            # than the file (the demo's encoders) starts its first blocks from it and keeps the others fresh
+            blocks = model.blocks[:min(len(model.blocks), clip_block_count(clip_path))]
+            report = load_clip(torch.nn.ModuleDict({"embeddings": model.vision, "blocks": blocks,
+                                                    "post_norm": model.norm}), clip_path, verbose=False)
+            if verbose:
+                print(report.summary() + (f"\n  blocks {len(blocks)}-{len(model.blocks) - 1} of the ViLT stream: "
+                                          f"freshly initialised" if len(blocks) < len(model.blocks) else ""))
     if text_path is not None:
         load_text(model.text, text_path, verbose)
 
@@ -421,6 +434,50 @@ def load_meter(path, image_size: int | None = None, num_answers: int | None = No
     if verbose:
         print(report.summary())
     return model
+
+
+# -----------------------------------------------------------------------------
+# Writing the other way: an encoder of ours as the real download's file, through the same tables read backwards.
+# pretrain_encoders.py writes the demo's stand-ins for CLIP and KLUE RoBERTa this way, and the training scripts
+# then read them with load_clip / load_text, as they read the real ones.
+
+def write_hf_folder(folder, state: dict, config: dict):
+    """folder/model.safetensors (Hugging Face's metadata {"format": "pt"}) and folder/config.json."""
+    os.makedirs(folder, exist_ok=True)
+    tensors = {name: tensor.detach().contiguous().cpu().clone() for name, tensor in state.items()}
+    with atomic_path(os.path.join(folder, "model.safetensors")) as temporary:
+        save_file(tensors, temporary, metadata={"format": "pt"})
+    with atomic_path(os.path.join(folder, "config.json")) as temporary, open(temporary, "w") as file:
+        json.dump(config, file, indent=2)
+    return os.path.join(folder, "model.safetensors")
+
+
+def save_clip_vision(vision: torch.nn.Module, folder, image_size: int):
+    """A ClipVision as Hugging Face CLIP's vision tower: keys vision_model.… (as in openai/clip-vit-base-patch16's
+    file), and a CLIPVisionConfig. Returns the path of the weights."""
+    ours = vision.state_dict()
+    state = {theirs: ours[name] for name, theirs, _ in clip_table("hf", "vision_model.", len(vision.blocks))}
+    width = vision.embeddings.position_embedding.shape[1]
+    config = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "hidden_size": width,
+              "intermediate_size": vision.blocks[0].mlp_in.out_features, "num_hidden_layers": len(vision.blocks),
+              "num_attention_heads": vision.blocks[0].attention.num_heads, "image_size": image_size,
+              "patch_size": vision.embeddings.patch.kernel_size[0], "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+    return write_hf_folder(folder, state, config)
+
+
+def save_roberta(text: torch.nn.Module, folder, pad_id: int = 1):
+    """A RobertaText as Hugging Face's RobertaModel without its pooler (as KLUE's file, a RobertaForMaskedLM, has
+    none): keys embeddings.… and encoder.layer.N.…, and a RobertaConfig. Returns the path of the weights."""
+    ours = text.state_dict()
+    state = {theirs: ours[name] for name, theirs, _ in roberta_table("", len(text.layers))}
+    words, positions = text.embeddings.word.weight.shape, text.embeddings.position.weight.shape
+    config = {"architectures": ["RobertaModel"], "model_type": "roberta", "vocab_size": words[0],
+              "hidden_size": words[1], "num_hidden_layers": len(text.layers),
+              "num_attention_heads": text.layers[0].self_attention.num_heads,
+              "intermediate_size": text.layers[0].ffn_in.out_features, "hidden_act": "gelu",
+              "max_position_embeddings": positions[0], "type_vocab_size": 1, "pad_token_id": pad_id,
+              "layer_norm_eps": 1e-5}
+    return write_hf_folder(folder, state, config)
 
 
 # -----------------------------------------------------------------------------

@@ -49,7 +49,8 @@ PRETRAIN_DEFAULTS = {
 PRETRAIN_DEMO_DEFAULTS = {  # what --demo changes: the tiny config on the synthetic set, minutes on a CPU
     "config": "tiny", "batch": 64, "steps": 500, "lr": 2e-4,
     "log_every": 25, "eval_every": 100, "save_every": 250, "out": "out/pretrain_demo", "workers": 0,
-}
+    "clip": "out/encoders_demo{world}/clip/model.safetensors", "text": "out/encoders_demo{world}/roberta/model.safetensors",
+}  # the encoders of pretrain_encoders.py --demo ({world}: the world's suffix), as the paper starts from CLIP and KLUE
 HELD_OUT_SHARE = 0.02  # share of the images kept out of training for the validation curves
 HELD_OUT_MAX_IMAGES = 1000
 
@@ -140,6 +141,22 @@ def objective_means(sums):
     mlm_count, itm_count = max(float(sums["mlm_count"]), 1.0), max(float(sums["itm_count"]), 1.0)
     return {"mlm_loss": float(sums["mlm_loss_sum"]) / mlm_count, "mlm_acc": float(sums["mlm_correct"]) / mlm_count,
             "itm_loss": float(sums["itm_loss_sum"]) / itm_count, "itm_acc": float(sums["itm_correct"]) / itm_count}
+
+
+def contrastive_loss(image_embeddings, text_embeddings, log_scale):
+    """The third classic objective, the one CLIP's encoders learned from (Radford et al. 2021, §2.3 and Figure 3),
+    which pretrain_encoders.py uses to make the demo's encoders: in a batch of B matched (image, text) pairs,
+    each image must pick its own text among the B texts, and each text its own image.
+
+    image_embeddings, text_embeddings [B, D]; log_scale: the learned log of the inverse temperature (CLIP caps
+    the scale at 100). Returns the symmetric cross-entropy and how many rows found their pair, each way."""
+    images = F.normalize(image_embeddings.float(), dim=-1)
+    texts = F.normalize(text_embeddings.float(), dim=-1)
+    logits = log_scale.clamp(max=math.log(100)).exp() * images @ texts.T  # [B, B]: cosine of image i and text j
+    pairs = torch.arange(len(logits), device=logits.device)  # the matched text of image i is text i: the diagonal
+    loss = (F.cross_entropy(logits, pairs) + F.cross_entropy(logits.T, pairs)) / 2  # rows: image->text; columns
+    return {"loss": loss, "image_to_text_correct": (logits.argmax(dim=1) == pairs).sum(),
+            "text_to_image_correct": (logits.argmax(dim=0) == pairs).sum()}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import io
 import math
 import os
 import sys
+from collections import Counter
 
 import numpy as np
 import torch
@@ -245,11 +246,97 @@ def explain_picture(image_path, question, top_answers, maps, layer_description, 
     return canvas
 
 
-def thumbnail(image_path, heat):
-    """A base64 JPEG of the map over the picture, THUMBNAIL_SIDE pixels square."""
+def thumbnail(image_path, heat, box=None):
+    """A base64 JPEG of the map over the picture, THUMBNAIL_SIDE pixels square, with the box of the object the
+    question asks about outlined when there is one."""
+    picture = overlay(model_view(image_path, THUMBNAIL_SIDE), heat)
+    if box is not None:
+        with Image.open(image_path) as original:
+            left, top, scale = view_of(original.size, THUMBNAIL_SIDE)
+        ImageDraw.Draw(picture).rectangle([(box[0] - left) / scale, (box[1] - top) / scale, (box[2] - left) / scale,
+                                           (box[3] - top) / scale], outline="white", width=2)
     buffer = io.BytesIO()
-    overlay(model_view(image_path, THUMBNAIL_SIDE), heat).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------------------------
+# Controls: what the words alone score, and whether a map peaks on the object a question asks about
+
+
+def question_only(train_entries, dev_entries):
+    """What a question's words alone score: each dev question answered with the most frequent training answer of
+    the same question (of all training questions when the question is new), in the shape of results.json's
+    "overall" and "by_type" (accuracy, n). A model that looks at the picture must do better."""
+    by_question, overall = {}, Counter()
+    for entry in train_entries:
+        by_question.setdefault(entry["question"], Counter()).update(entry["answers"])
+        overall.update(entry["answers"])
+    hits = {answer_type: [] for answer_type in formats.ANSWER_TYPES}
+    for entry in dev_entries:
+        guess = by_question.get(entry["question"], overall).most_common(1)[0][0]
+        hits[entry["answer_type"]].append(guess == Counter(entry["answers"]).most_common(1)[0][0])
+    every = [hit for type_hits in hits.values() for hit in type_hits]
+    return {"overall": {"accuracy": sum(every) / max(len(every), 1), "n": len(every)},
+            "by_type": {answer_type: {"accuracy": sum(type_hits) / max(len(type_hits), 1), "n": len(type_hits)}
+                        for answer_type, type_hits in hits.items()}}
+
+
+def view_of(size, side):
+    """(left, top, pixels per view pixel): where the model's square view (CLIP's center crop, data.resize_center_crop)
+    of a picture of size (width, height) lies in it, at `side` pixels."""
+    width, height = size
+    short = min(width, height)
+    return (width - short) / 2, (height - short) / 2, short / side
+
+
+def patches_inside(box, size, side):
+    """[side * side] bool, the patches row by row: those of the model's view whose centre lies inside box [left,
+    top, right, bottom], in pixels of a picture of size (width, height)."""
+    left, top, scale = view_of(size, side)
+    centres = (torch.arange(side, dtype=torch.float32) + 0.5) * scale  # [side], view -> picture pixels
+    across = (left + centres >= box[0]) & (left + centres <= box[2])  # [side] columns inside
+    down = (top + centres >= box[1]) & (top + centres <= box[3])  # [side] rows inside
+    return (down[:, None] & across[None, :]).flatten()  # [side, side] -> [side * side]
+
+
+def pointing_game(rows, peaks, insides):
+    """The pointing game (Zhang et al., ECCV 2016, "Top-down neural attention by excitation backprop") of each row
+    that asks about one object, into row["pointing"]: "hits", one per map, whether the patch where the map peaks
+    lies inside the object's box; "chance", the share of patches that do (the hit rate of a map that peaks
+    anywhere); "other questions", one per map, how often the maps of the picture's other questions peak there
+    (None without any): a map drawn to whatever stands out in the picture, not to what is asked, scores that.
+    peaks: [rows][maps] the flat index of each map's peak; insides: {row index: patches_inside of its box}."""
+    rows_of_image = {}
+    for index, row in enumerate(rows):
+        rows_of_image.setdefault(row["image"], []).append(index)
+    for index, row in enumerate(rows):
+        inside = insides.get(index)
+        row["pointing"] = None if inside is None else {
+            "hits": [bool(inside[peak]) for peak in peaks[index]], "chance": inside.float().mean().item(),
+            "other questions": [sum(bool(inside[peaks[other][map_index]]) for other in rows_of_image[row["image"]]
+                                    if other != index) / (len(rows_of_image[row["image"]]) - 1)
+                                for map_index in range(len(peaks[index]))]
+            if len(rows_of_image[row["image"]]) > 1 else None}
+
+
+def pointing_results(rows):
+    """The pointing game over the rows that ask about one object: n, the chance level, and for each map the share
+    of hits and the hit rate of the picture's other questions, overall and per answer type (types with such
+    questions only)."""
+    def summary(group):
+        compared = [row for row in group if row["pointing"]["other questions"] is not None]
+        return {"n": len(group), "chance": sum(row["pointing"]["chance"] for row in group) / max(len(group), 1),
+                **{name: sum(row["pointing"]["hits"][index] for row in group) / max(len(group), 1)
+                   for index, name in enumerate(MAP_NAMES)},
+                **{f"{name}, other questions": sum(row["pointing"]["other questions"][index] for row in compared)
+                   / max(len(compared), 1) for index, name in enumerate(MAP_NAMES)}}
+
+    pointed = [row for row in rows if row["pointing"]]
+    by_type = {answer_type: [row for row in pointed if row["answer_type"] == answer_type]
+               for answer_type in formats.ANSWER_TYPES}
+    return {"overall": summary(pointed),
+            "by_type": {answer_type: summary(group) for answer_type, group in by_type.items() if group}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,6 +369,7 @@ ol.top li { position: relative; z-index: 0; margin: 2px 0; padding: 1px 4px; dis
 ol.top li .bar { position: absolute; left: 0; top: 0; bottom: 0; background: #dbe7f5; z-index: -1; }
 ol.top li.reference { font-weight: bold; }
 .id { color: #999; font-size: 11px; }
+.pointing { color: #555; font-size: 12px; }
 """
 
 
@@ -296,6 +384,10 @@ def card_html(row):
         verdict = "no reference answer"
     else:
         verdict = f"{'✓ right' if row['correct'] else '✗ wrong'} · reference: {html.escape(row['reference'])}"
+    if row["pointing"]:
+        peak = "in" if row["pointing"]["hits"][PAGE_MAP] else "outside"
+        verdict += (f'<br><span class="pointing">map peaks {peak} the object\'s box (by chance: '
+                    f'{100 * row["pointing"]["chance"]:.0f}%)</span>')
     answers = "".join(
         f'<li class="{"reference" if answer == row["reference"] else ""}">'
         f'<span class="bar" style="width: {100 * probability:.1f}%"></span>'
@@ -308,9 +400,34 @@ def card_html(row):
             f'<ol class="top">{answers}</ol><p class="id">{html.escape(os.path.basename(row["image"]))}</p></div>')
 
 
-def page_html(rows, title, about):
-    """The whole page: title, what the maps show, accuracy per answer type, then one section per type with its
-    mistakes first (each group otherwise in the input's order)."""
+def controls_html(rows, controls):
+    """Two tables under the summary: the accuracy of the controls ({name: results.json-shaped results}) beside the
+    model's, per answer type; and the pointing game with its chance level, when questions name their object."""
+    tables = []
+    if controls:
+        head = "".join(f"<th>{html.escape(column)}</th>" for column in ["accuracy", *formats.ANSWER_TYPES, "all"])
+        lines = [f"<tr>{head}</tr>"]
+        for name, results in controls.items():
+            cells = [results["by_type"][answer_type] for answer_type in formats.ANSWER_TYPES] + [results["overall"]]
+            lines.append(f'<tr data-control="{html.escape(name)}"><td>{html.escape(name)}</td>' + "".join(
+                f"<td>{percent(cell['accuracy'] * cell['n'], cell['n'])}</td>" for cell in cells) + "</tr>")
+        tables.append(f'<table class="summary controls">{"".join(lines)}</table>')
+    pointed = pointing_results(rows)
+    if pointed["overall"]["n"]:
+        names = [name for map_name in MAP_NAMES for name in (map_name, f"{map_name}, other questions")]
+        lines = ["<tr><th>pointing game: peak in the box</th><th>questions</th>" + "".join(
+            f"<th>{html.escape(name)}</th>" for name in names) + "<th>by chance</th></tr>"]
+        for name, result in [*pointed["by_type"].items(), ("all", pointed["overall"])]:
+            lines.append(f'<tr data-pointing="{html.escape(name)}"><td>{html.escape(name)}</td><td>{result["n"]}</td>'
+                         + "".join(f"<td>{100 * result[column]:.1f}%</td>" for column in names)
+                         + f"<td>{100 * result['chance']:.1f}%</td></tr>")
+        tables.append(f'<table class="summary pointing">{"".join(lines)}</table>')
+    return "".join(tables)
+
+
+def page_html(rows, title, about, controls=None):
+    """The whole page: title, what the maps show, accuracy per answer type and the controls, then one section per
+    type with its mistakes first (each group otherwise in the input's order)."""
     def tally(group):
         judged = [row for row in group if row["correct"] is not None]
         return len(group), sum(row["correct"] for row in judged), len(judged)
@@ -337,34 +454,46 @@ def page_html(rows, title, about):
     return (f'<!DOCTYPE html>\n<html lang="ko"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f'<p class="about">{html.escape(about)}</p>'
-            f'<table class="summary">{"".join(summary)}</table>{"".join(sections)}</body></html>\n')
+            f'<table class="summary">{"".join(summary)}</table>{controls_html(rows, controls)}'
+            f'{"".join(sections)}</body></html>\n')
 
 
 def write_report(path, model, tokenizer, answer_vocab, max_len, entries, reference_answer, title, layer=None,
-                 batch_size=32, top=3):
+                 batch_size=32, top=3, objects=None, controls=None):
     """Answer VQA entries ({"image", "question", "answers", "answer_type", "question_id"}, usable) in batches and
     write the page to `path`. reference_answer(answers) is the answer a prediction must equal to count as right
     (finetune.reference_answer, the rule of results.json); entries without answers are shown unjudged.
-    layer: --layer's number (1 = first, None = last). Returns the rows the page shows."""
+    layer: --layer's number (1 = first, None = last). objects: {question id as a string: [left, top, right,
+    bottom]}, the object a question asks about, in pixels of its picture (the pointing game); controls: {name:
+    results} shown beside the accuracy (finetune.py's question-only and wrong-picture rows). Returns the rows the
+    page shows, each with its "pointing" ({"hits": [one per map], "chance"}, or None)."""
     index = layer_index(model, layer)
     was_training = model.training
     model.eval()
-    rows = []
+    rows, peaks, insides = [], [], {}
     for start in range(0, len(entries), batch_size):
         batch = entries[start:start + batch_size]
         top_answers, maps = answer_batch(model, tokenizer, answer_vocab, max_len, [entry["image"] for entry in batch],
                                          [entry["question"] for entry in batch], top, index)
-        for entry, answers, heat in zip(batch, top_answers, maps[:, PAGE_MAP]):
+        for entry, answers, entry_maps in zip(batch, top_answers, maps):
             reference = reference_answer(entry["answers"]) if entry["answers"] else ""
+            box = (objects or {}).get(str(entry["question_id"]))
+            if box is not None:
+                with Image.open(entry["image"]) as picture:
+                    insides[len(rows)] = patches_inside(box, picture.size, entry_maps.shape[-1])
+            peaks.append(entry_maps.flatten(1).argmax(dim=1).tolist())  # [maps, side, side] -> [maps]
             rows.append({"question_id": entry["question_id"], "question": entry["question"], "image": entry["image"],
                          "answer_type": entry["answer_type"], "reference": reference, "top": answers,
                          "correct": answers[0][0] == reference if reference else None,
-                         "thumbnail": thumbnail(entry["image"], heat)})
+                         "thumbnail": thumbnail(entry["image"], entry_maps[PAGE_MAP], box)})
+    pointing_game(rows, peaks, insides)
     model.train(was_training)
     about = (f"{len(rows)} questions. Each picture is what the model sees, with the attention of the question's "
              f"{MAP_NAMES[PAGE_MAP]} over the image patches drawn on it ({describe_layer(model, index)}), from "
              f"indigo where it looks least to red where it looks most. Answers are the VQA head's sigmoid "
-             f"probabilities, with bars; bold: the reference answer. Mistakes come first in each answer type.")
+             f"probabilities, with bars; bold: the reference answer. Mistakes come first in each answer type. "
+             f"Controls: what the words alone score, and the same model shown another picture; the pointing game: how "
+             f"often the map peaks on the object a question asks about (outlined in white), against chance.")
     with checkpoints.atomic_write(path) as file:
-        file.write(page_html(rows, title, about))
+        file.write(page_html(rows, title, about, controls))
     return rows

@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw
 
 DEMO_COLOURS = {"빨간색": ("red", (214, 39, 40)), "파란색": ("blue", (31, 89, 214)),
                 "초록색": ("green", (40, 160, 60)), "노란색": ("yellow", (240, 200, 20))}
-DEMO_SHAPES = {"원": "circle", "사각형": "square", "삼각형": "triangle", "마름모": "diamond"}
-DEMO_SIZES = {"큰": ("big", 0.36), "작은": ("small", 0.24)}  # radius as a share of a quarter's side
+DEMO_SHAPES = {"원": "circle", "사각형": "square", "삼각형": "triangle", "십자": "cross"}
+SHAPE_RADIUS = 0.40  # as a share of a quarter's side: a shape spans about 3 x 3 patches of the tiny model's view
 DEMO_POSITIONS = {(0, 0): "왼쪽 위", (1, 0): "오른쪽 위", (0, 1): "왼쪽 아래", (1, 1): "오른쪽 아래"}
 NATIVE_ATTRIBUTIVE_WORDS = {1: "한", 2: "두", 3: "세", 4: "네"}
 NATIVE_ALONE_WORDS = {1: "하나", 2: "둘", 3: "셋", 4: "넷"}
@@ -29,7 +29,8 @@ ENGLISH_NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 UNKNOWABLE_QUESTIONS = ["이 사진은 언제 찍었나요?", "이 사진을 찍은 사람은 누구인가요?",
                         "도형은 무엇으로 만들어졌나요?", "이 사진은 어느 나라에서 찍었나요?",
                         "도형의 무게는 얼마인가요?"]
-DEMO_VERSION = 1
+DEMO_VERSION = 3
+YES_NO_TRIES = 200  # draws of a yes/no question until one has the answer drawn first
 
 
 def with_particle(word, after_consonant, after_vowel):
@@ -57,38 +58,51 @@ def demo_scene(rng):
         shape = rng.choice(objects)["shape"] if reuse else rng.choice(list(DEMO_SHAPES))
         reuse = objects and rng.random() < 0.4
         colour = rng.choice(objects)["colour"] if reuse else rng.choice(list(DEMO_COLOURS))
-        objects.append({"shape": shape, "colour": colour, "size": rng.choice(list(DEMO_SIZES)),
-                        "cell": cell, "position": DEMO_POSITIONS[cell]})
+        objects.append({"shape": shape, "colour": colour, "cell": cell, "position": DEMO_POSITIONS[cell]})
     return objects
 
 
 def draw_scene(objects, image_size, rng):
+    """The picture of a scene; each object's drawn bounding box goes into its "box" (what the pointing game of
+    report.py checks the attention maps against)."""
     grey = rng.randint(225, 250)
     image = Image.new("RGB", (image_size, image_size), (grey, grey, grey))
     draw = ImageDraw.Draw(image)
     quarter = image_size / 2
     for thing in objects:
-        radius = DEMO_SIZES[thing["size"]][1] * quarter
+        radius = SHAPE_RADIUS * quarter
         slack = quarter / 2 - radius - 0.08 * quarter  # keep a margin to the picture's edge
         x = (thing["cell"][0] + 0.5) * quarter + rng.uniform(-slack, slack)
         y = (thing["cell"][1] + 0.5) * quarter + rng.uniform(-slack, slack)
         fill = DEMO_COLOURS[thing["colour"]][1]
         if thing["shape"] == "원":
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
+            corners = [(x - radius, y - radius), (x + radius, y + radius)]
+            draw.ellipse(corners, fill=fill)
         elif thing["shape"] == "사각형":
             half = 0.85 * radius
-            draw.rectangle([x - half, y - half, x + half, y + half], fill=fill)
+            corners = [(x - half, y - half), (x + half, y + half)]
+            draw.rectangle(corners, fill=fill)
         elif thing["shape"] == "삼각형":
             corners = [(x, y - radius), (x + radius, y + 0.8 * radius), (x - radius, y + 0.8 * radius)]
             draw.polygon(corners, fill=fill)
-        else:
-            corners = [(x, y - radius), (x + 0.8 * radius, y), (x, y + radius), (x - 0.8 * radius, y)]
-            draw.polygon(corners, fill=fill)
+        else:  # a cross: two bars across the shape, each 0.72 radius thick
+            arm = 0.36 * radius
+            corners = [(x - radius, y - radius), (x + radius, y + radius)]
+            draw.rectangle([x - radius, y - arm, x + radius, y + arm], fill=fill)
+            draw.rectangle([x - arm, y - radius, x + arm, y + radius], fill=fill)
+        thing["box"] = bounding_box(corners)
     return image
 
 
+def bounding_box(points):
+    """[left, top, right, bottom] in pixels, to 0.1 px, of the points a shape was drawn through."""
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    return [round(min(xs), 1), round(min(ys), 1), round(max(xs), 1), round(max(ys), 1)]
+
+
+
 def demo_captions(objects, rng):
-    """Five varied Korean captions naming colours, shapes, counts, sizes and positions; English
+    """Five varied Korean captions naming colours, shapes, counts and positions; English
     captions of the same inventory."""
     groups = Counter((thing["colour"], thing["shape"]) for thing in objects)
     shape_counts = Counter(thing["shape"] for thing in objects)
@@ -106,10 +120,10 @@ def demo_captions(objects, rng):
         rng.choice([f"도형 {total} 개, {with_particle(inventory, '이', '가')} 있다.",
                     f"회색 배경 위에 도형 {total} 개, {with_particle(inventory, '이', '가')} 그려져 있다."]),
         ", ".join(f"{thing['position']}에는 "
-                  f"{with_particle(' '.join([thing['size'], thing['colour'], thing['shape']]), '이', '가')}"
+                  f"{with_particle(thing['colour'] + ' ' + thing['shape'], '이', '가')}"
                   for thing in objects) + " 있다.",
-        with_particle(join_with_and([f"{thing['size']} {thing['colour']} {thing['shape']}" for thing in objects]),
-                      "이", "가") + " 있다.",
+        ", ".join(f"{with_particle(thing['colour'] + ' ' + thing['shape'], '은', '는')} {thing['position']}에"
+                  for thing in objects) + " 있다.",
     ]
     absent_colours = [colour for colour in DEMO_COLOURS if colour not in colour_counts]
     absent_shapes = [shape for shape in DEMO_SHAPES if shape not in shape_counts]
@@ -134,48 +148,54 @@ def demo_captions(objects, rng):
 
 
 def demo_question(kind, objects, rng):
-    """(question, answer, answer type) of one kind, answered by the picture."""
+    """(question, answer, answer type, box): a question of one kind, answered by the picture; box is where the one
+    object it asks about was drawn, or None when it asks about no single object."""
     shapes, colours = list(DEMO_SHAPES), list(DEMO_COLOURS)
     if kind == "숫자":
         variant = rng.randrange(3)
         if variant == 0:
             shape = rng.choice([thing["shape"] for thing in objects] if rng.random() < 0.85 else shapes)
             count = sum(thing["shape"] == shape for thing in objects)
-            return f"사진에 {with_particle(shape, '이', '가')} 몇 개 있나요?", f"{count}개", kind
+            return f"사진에 {with_particle(shape, '이', '가')} 몇 개 있나요?", f"{count}개", kind, None
         if variant == 1:
             colour = rng.choice([thing["colour"] for thing in objects] if rng.random() < 0.85 else colours)
             count = sum(thing["colour"] == colour for thing in objects)
-            return f"{colour} 도형은 몇 개인가요?", f"{count}개", kind
-        return "도형은 모두 몇 개인가요?", f"{len(objects)}개", kind
-    if kind == "예/아니오":
-        thing = rng.choice(objects)
-        if rng.random() < 0.5:  # half the time about an object that is there, else about any
-            colour, shape = thing["colour"], thing["shape"]
-        else:
-            colour, shape = rng.choice(colours), rng.choice(shapes)
-        variant = rng.randrange(3)
-        if variant == 0:
-            found = any(other["colour"] == colour and other["shape"] == shape for other in objects)
-            question = f"{colour} {with_particle(shape, '이', '가')} 있나요?"
-        elif variant == 1:
-            found = any(other["shape"] == shape for other in objects)
-            question = f"{with_particle(shape, '이', '가')} 있나요?"
-        else:
-            position = rng.choice(list(DEMO_POSITIONS.values()))
-            found = any(other["shape"] == shape and other["position"] == position for other in objects)
-            question = f"{position}에 {with_particle(shape, '이', '가')} 있나요?"
-        return question, "예" if found else "아니오", kind
+            return f"{colour} 도형은 몇 개인가요?", f"{count}개", kind, None
+        return "도형은 모두 몇 개인가요?", f"{len(objects)}개", kind, None
+    if kind == "예/아니오":  # the answer is drawn first, then questions of one variant until one has it
+        variant, wanted = rng.randrange(3), rng.choice(["예", "아니오"])
+        for _ in range(YES_NO_TRIES):
+            question, answer, thing = yes_no_question(variant, objects, rng)
+            if answer == wanted:
+                break
+        return question, answer, kind, thing["box"] if thing else None
     if kind == "그 외":
         thing = rng.choice(objects)
         variant = rng.randrange(3)
         if variant == 0:
-            return f"{thing['position']}에 있는 도형은 무슨 색인가요?", thing["colour"], kind
+            return f"{thing['position']}에 있는 도형은 무슨 색인가요?", thing["colour"], kind, thing["box"]
         name = f"{thing['colour']} {thing['shape']}"
         unique = sum(f"{other['colour']} {other['shape']}" == name for other in objects) == 1
         if variant == 1 or not unique:
-            return f"{thing['position']}에 있는 도형은 어떤 모양인가요?", thing["shape"], kind
-        return f"{with_particle(name, '은', '는')} 어디에 있나요?", thing["position"], kind
-    return rng.choice(UNKNOWABLE_QUESTIONS), "알 수 없음", kind
+            return f"{thing['position']}에 있는 도형은 어떤 모양인가요?", thing["shape"], kind, thing["box"]
+        return f"{with_particle(name, '은', '는')} 어디에 있나요?", thing["position"], kind, thing["box"]
+    return rng.choice(UNKNOWABLE_QUESTIONS), "알 수 없음", kind, None
+
+
+def yes_no_question(variant, objects, rng):
+    """(question, 예 or 아니오, the object at the position asked about or None), colours, shapes and positions
+    drawn uniformly: is there a red circle, is there a circle, is there a circle at the top left."""
+    colour, shape = rng.choice(list(DEMO_COLOURS)), rng.choice(list(DEMO_SHAPES))
+    if variant == 0:
+        found = any(other["colour"] == colour and other["shape"] == shape for other in objects)
+        return f"{colour} {with_particle(shape, '이', '가')} 있나요?", "예" if found else "아니오", None
+    if variant == 1:
+        found = any(other["shape"] == shape for other in objects)
+        return f"{with_particle(shape, '이', '가')} 있나요?", "예" if found else "아니오", None
+    position = rng.choice(list(DEMO_POSITIONS.values()))
+    there = next((other for other in objects if other["position"] == position), None)
+    found = there is not None and there["shape"] == shape
+    return f"{position}에 {with_particle(shape, '이', '가')} 있나요?", "예" if found else "아니오", there
 
 
 def demo_questions(objects, rng, count):

@@ -160,13 +160,13 @@ def settle_flags(args, recipe, demo_recipe, rank, world_size, device):
         if rank == 0:
             wait_for_process_0(world_size)
         for flag, key in [("captions", "captions"), ("train", "vqa_train"), ("dev", "vqa_dev"),
-                          ("images", "images"), ("tokenizer", "tokenizer")]:
+                          ("images", "images"), ("tokenizer", "tokenizer"), ("dev_objects", "dev_objects")]:
             if hasattr(args, flag) and getattr(args, flag) is None:
                 setattr(settled, flag, paths[key])
         settled.overwrite = True  # a demo's folders are its own
     for name, value in {**recipe, **(demo_recipe if args.demo else {})}.items():
         if getattr(settled, name) is None:
-            setattr(settled, name, value)
+            setattr(settled, name, value.format(world=world_suffix(args.world)) if isinstance(value, str) else value)
     settled.eval_every = settled.eval_every or math.ceil(settled.steps / 3)
     settled.workers = auto_workers() if settled.workers == "auto" else settled.workers
     settled.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")

@@ -24,6 +24,7 @@ import demo
 import finetune
 import formats
 import pretrain
+import report
 import torch
 import training
 
@@ -88,8 +89,16 @@ def test_bars_answers_follow_from_the_picture():
             assert column[round(top) + 2:round(0.86 * size) - 2].all() and not column[:round(top) - 2].any()
             dot = np.abs(picture[:round(top), centre - 2:centre + 3] - np.array(bars_world.DOT_COLOUR)).sum(axis=2) < 40
             assert dot.any() == bar["dot"]
-        for question, answer, answer_type in bars_world.bars_questions(bars, rng, 6):
+        for question, answer, answer_type, box in bars_world.bars_questions(bars, rng, 6):
             assert formats.answer_type_of({"answers": [answer]}) == answer_type
+            if box is not None:  # the box of the one bar asked about holds that bar's colour and nothing outside
+                left, top, right, bottom = (round(value) for value in box)
+                inside = picture[top + 1:bottom - 1, left + 1:right - 1]
+                asked = next(bar for bar in bars if bar["box"] == box)
+                colour = np.array(bars_world.BAR_COLOURS[asked["colour"]][1])
+                assert (np.abs(inside - colour).sum(axis=2) < 40).mean() > 0.5
+            if question == "맨 왼쪽 막대는 무슨 색인가요?":
+                assert box == bars[0]["box"]
             if question == "막대는 모두 몇 개인가요?":
                 assert answer == f"{len(bars)}개"
             if question == "맨 왼쪽 막대는 무슨 색인가요?":
@@ -122,7 +131,8 @@ def test_bars_world_end_to_end(bars_set, tmp_path, capsys):
 def settled(script, argv, recipe, demo_recipe, monkeypatch):
     """The flags as train sees them after settle_flags, without making a demo set."""
     monkeypatch.setattr(training, "make_demo", lambda folder, seed, world: {
-        key: os.path.join(folder, key) for key in ("captions", "vqa_train", "vqa_dev", "images", "tokenizer")})
+        key: os.path.join(folder, key) for key in ("captions", "vqa_train", "vqa_dev", "images", "tokenizer",
+                                                   "dev_objects")})
     return training.settle_flags(script.parse_args(argv), recipe, demo_recipe, 0, 1, torch.device("cpu"))
 
 
@@ -137,30 +147,43 @@ def test_world_chooses_the_folders(monkeypatch):
     assert (shapes.demo_dir, shapes.out) == ("demo_data", os.path.join("out", "finetune_demo"))
     assert (bars.demo_dir, bars.out) == ("demo_data_bars", os.path.join("out", "finetune_demo_bars"))
     assert bars.train == os.path.join("demo_data_bars", "vqa_train") and bars.config == "tiny" and bars.max_len == 40
+    assert bars.dev_objects == os.path.join("demo_data_bars", "dev_objects")
+    assert (shapes.clip, bars.text) == ("out/encoders_demo/clip/model.safetensors",
+                                        "out/encoders_demo_bars/roberta/model.safetensors")
+    assert pretrain_flags("--demo", "--world", "bars").clip == "out/encoders_demo_bars/clip/model.safetensors"
+    assert finetune_flags("--demo", "--clip", "mine.safetensors").clip == "mine.safetensors"
     assert (shapes.eval_every, shapes.micro_batch, shapes.dtype) == (100, 32, "fp32")  # thirds of 300 steps
     assert pretrain_flags("--demo", "--world", "bars").out == os.path.join("out", "pretrain_demo_bars")
     assert pretrain_flags("--demo", "--world", "bars", "--out", "elsewhere").out == "elsewhere"
     real = pretrain_flags("--captions", "c.json", "--images", "i", "--tokenizer", "t.json")
     assert (real.config, real.batch, real.steps, real.lr, real.out) == ("base", 256, 40000, 1e-5, "pretrain_out")
+    assert real.clip is None and real.text is None  # a real run starts from random encoders unless told
     assert demo_data.demo_pretrained("bars") == os.path.join("out", "pretrain_demo_bars", "model.safetensors")
     assert finetune.parse_args(["--demo", "--seeds", "3"]).seeds == 3
     with pytest.raises(SystemExit):
         finetune.parse_args(["--demo", "--seeds", "0"])
 
 
-def results_with(accuracy):
-    by_type = {answer_type: {"accuracy": accuracy, "vqa_score": accuracy, "n": 1}
-               for answer_type in formats.ANSWER_TYPES}
+def results_with(accuracy, question_only=0.25):
+    def scored(value):
+        return {"overall": {"accuracy": value, "vqa_score": value, "n": 4},
+                "by_type": {answer_type: {"accuracy": value, "vqa_score": value, "n": 1}
+                            for answer_type in formats.ANSWER_TYPES}}
+
     history = [{"step": step, "accuracy": accuracy, "vqa_score": accuracy} for step in (10, 20, 30)]
-    return {"steps": 30, "overall": {"accuracy": accuracy, "vqa_score": accuracy, "n": 4}, "by_type": by_type,
-            "history": history}
+    pointing = {"n": 2, "chance": 0.125, "[CLS] token": accuracy, "mean of the tokens": accuracy / 2,
+                "[CLS] token, other questions": 0.375, "mean of the tokens, other questions": 0.5}
+    return {"steps": 30, **scored(accuracy), "history": history, "question_only": scored(question_only),
+            "wrong_picture": scored(accuracy / 4), "pointing": {"overall": pointing, "by_type": {"그 외": pointing}}}
 
 
 def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
     """run_finetune_demo's bookkeeping with a stand-in for training: folders, seeds, flags, tables."""
     monkeypatch.chdir(tmp_path)
-    Path(demo_data.demo_pretrained("bars")).parent.mkdir(parents=True)
-    Path(demo_data.demo_pretrained("bars")).write_bytes(b"")
+    for made in [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world="_bars") for flag in ("clip", "text")] + [
+            demo_data.demo_pretrained("bars")]:  # the encoders, then the pretraining from them: nothing to redo
+        Path(made).parent.mkdir(parents=True, exist_ok=True)
+        Path(made).write_bytes(b"")
     runs = []
 
     def fake_train(args):
@@ -171,7 +194,6 @@ def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
 
     argv = ["--demo", "--world", "bars", "--seeds", "2", "--seed", "3"]
     args = finetune.parse_args(argv)
-    monkeypatch.setattr(demo, "question_only_results", lambda args: None)
     monkeypatch.setattr(finetune, "train", fake_train)
     demo.run_finetune_demo(args, argv)
     base = os.path.join("out", "finetune_demo_bars")
@@ -186,18 +208,19 @@ def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
     assert "mean ± sd over 2 seeds" in printed
     assert "53.50 ± 0.71" in printed and "43.50 ± 0.71" in printed and "33.50 ± 0.71" in printed
     assert "10.00 ± 0.00" in printed  # the gain, seed by seed
+    assert "13.38 ± 0.18" in printed  # with pretraining, shown the wrong pictures: a quarter of 53.5
+    assert "pointing game" in printed and "12.50" in printed and "minutes of wall time" in printed
 
 
 def test_demo_tables_of_one_seed_with_the_words_alone(capsys):
-    question_only = {"overall": {"accuracy": 0.25}, "by_type": {answer_type: {"accuracy": 0.25}
-                                                               for answer_type in formats.ANSWER_TYPES}}
     demo.print_demo_tables({"with pretraining": [results_with(0.6)], "without pretraining": [results_with(0.5)],
-                            "ViLT without pretraining": [results_with(0.4)]}, question_only)
+                            "ViLT without pretraining": [results_with(0.4)]})
     printed = capsys.readouterr().out
     assert "one seed" in printed and "±" not in printed
-    for number in ("60.00", "50.00", "40.00", "10.00", "25.00"):
+    for number in ("60.00", "50.00", "40.00", "10.00", "25.00", "15.00", "12.50", "37.50"):
         assert number in printed
-    assert "숫자" in printed and "question only" in printed
+    assert "숫자" in printed and "question only" in printed and "wrong picture" in printed
+    assert "by chance" in printed and "other questions" in printed
 
 
 def test_question_only_answers_from_the_words(tmp_path):
@@ -210,14 +233,13 @@ def test_question_only_answers_from_the_words(tmp_path):
         path = tmp_path / name
         path.write_text(json.dumps({"images": [{"image_id": record["image_id"], "image": "a.jpg", "category": "c"}
                                                for record in records], "question": records}, ensure_ascii=False))
-        return str(path)
+        return formats.read_vqa(str(path), str(images))
 
     train = label_file("train.json", [("점은 몇 개인가요?", "1개", "숫자"), ("점은 몇 개인가요?", "1개", "숫자"),
                                       ("점은 몇 개인가요?", "2개", "숫자"), ("보라색 막대가 있나요?", "예", "예/아니오")])
     dev = label_file("dev.json", [("점은 몇 개인가요?", "1개", "숫자"), ("점은 몇 개인가요?", "0개", "숫자"),
                                   ("새 질문인가요?", "1개", "그 외")])
-    args = finetune.parse_args(["--train", train, "--dev", dev, "--images", str(images), "--tokenizer", "unused"])
-    results = demo.question_only_results(args)
+    results = report.question_only(train, dev)
     assert results["overall"] == {"accuracy": 2 / 3, "n": 3}
     assert results["by_type"]["숫자"] == {"accuracy": 0.5, "n": 2} and results["by_type"]["그 외"]["accuracy"] == 1.0
     assert results["by_type"]["예/아니오"]["n"] == 0

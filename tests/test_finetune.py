@@ -49,7 +49,12 @@ def finetuned(demo_set, tmp_path_factory):
 
 def test_results_follow_the_spec(finetuned, demo_set):
     results = json.loads((finetuned / "results.json").read_text(encoding="utf-8"))
-    assert set(results) == {"steps", "overall", "by_type", "history"} and results["steps"] == 4
+    assert set(results) == {"steps", "overall", "by_type", "history", "question_only", "wrong_picture", "pointing"}
+    assert results["steps"] == 4
+    for control in ("question_only", "wrong_picture"):  # the controls, in the shape of the results themselves
+        assert set(results[control]) == {"overall", "by_type"} and list(results[control]["by_type"]) == formats.ANSWER_TYPES
+        assert results[control]["overall"]["n"] == results["overall"]["n"]
+    assert results["pointing"]["overall"]["n"] == 0  # no --dev-objects, no question names its object
     dev_questions = len(formats.read_vqa(demo_set["vqa_dev"], demo_set["images"]))
     assert results["overall"]["n"] == dev_questions
     assert list(results["by_type"]) == formats.ANSWER_TYPES
@@ -82,6 +87,23 @@ def test_results_follow_the_spec(finetuned, demo_set):
     for name in ["model.safetensors", "optimizer.safetensors", "training_state.json", "tokenizer.json",
                  "metrics.jsonl", "curves.png", "best/model.safetensors", "best/answers.json", "best/tokenizer.json"]:
         assert (finetuned / name).exists(), name
+
+
+def test_wrong_picture_control_shows_every_question_another_picture(demo_set):
+    dev = formats.read_vqa(demo_set["vqa_dev"], demo_set["images"])
+    other = finetune.wrong_pictures(dev, seed=0)
+    images = {entry["image"] for entry in dev}
+    assert set(other) == images and set(other.values()) == images  # every dev picture shown once, elsewhere
+    assert all(other[image] != image for image in images)
+    assert finetune.wrong_pictures(dev, seed=0) == other
+    vocab = data.build_answer_vocab(dev, 20)
+    right = data.VqaDataset(dev, vocab, 64)
+    wrong = data.VqaDataset(dev, vocab, 64, picture_of=other)
+    for index in range(len(dev)):
+        shown, own = wrong[index], right[index]
+        assert not torch.equal(shown["pixels"], own["pixels"])
+        assert torch.equal(shown["pixels"], data.load_image(other[dev[index]["image"]], 64))
+        assert shown["question"] == own["question"] and torch.equal(shown["targets"], own["targets"])
 
 
 def test_finetune_resumes_exactly_with_its_history(demo_set, tmp_path, monkeypatch):

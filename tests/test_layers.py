@@ -17,7 +17,7 @@ LAYERS = [
     ("machinery", ["checkpoints.py", "failures.py", "image_files.py", "tokenizer_files.py", "columns.py",
                    "image_index.py", "formats.py", "check.py", "load_weights.py", "data.py", "shapes_world.py",
                    "bars_world.py", "demo_data.py", "curves.py", "training.py", "report.py"]),
-    ("the training scripts", ["pretrain.py", "finetune.py"]),
+    ("the training scripts", ["pretrain_encoders.py", "pretrain.py", "finetune.py"]),
     ("the commands that drive them", ["demo.py", "bench.py", "predict.py"]),
 ]
 LAYER_OF = {name[:-3]: number for number, (_, names) in enumerate(LAYERS) for name in names}

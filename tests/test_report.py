@@ -149,6 +149,43 @@ def test_a_model_pushed_to_one_patch_shows_it_there(demo_set, tmp_path):
         assert written.format == "PNG" and written.width == 3 * report.EXPLAIN_SIDE + 2 * report.GAP + 2 * report.MARGIN
 
 
+def test_pointing_game_hits_the_box_the_map_peaks_in(demo_set, tmp_path):
+    """The model pushed to the bright patch: a question whose object box holds that patch is a hit, one whose box
+    lies elsewhere a miss; the chance level is the box's share of patches, and the picture's other questions,
+    whose maps peak at the same patch, score what a map drawn to the bright patch alone scores."""
+    cfg = dataclasses.replace(CONFIGS["tiny"], num_answers=2)
+    model = pushed_to_one_patch(cfg)
+    row, column = HOT_PATCH
+    patch = cfg.patch_size
+    picture = np.zeros((cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    picture[row * patch:(row + 1) * patch, column * patch:(column + 1) * patch] = 255
+    image_path = str(tmp_path / "one_patch.png")
+    Image.fromarray(picture).save(image_path)
+    entries = [{"image": image_path, "question": question, "answers": ["예"], "answer_type": "예/아니오",
+                "question_id": number} for number, question in enumerate(["원이 있나요?", "네모가 있나요?", "몇 개?"])]
+    objects = {"0": [column * patch, row * patch, (column + 2) * patch, (row + 1) * patch],  # 2 patches, the hot one
+               "1": [0, 0, 4 * patch, 4 * patch]}  # the top-left 16 patches
+    rows = report.write_report(tmp_path / "page.html", model, data.Tokenizer.load(demo_set["tokenizer"]),
+                               ["예", "아니오"], 16, entries, finetune.reference_answer, "pointing", objects=objects)
+    assert rows[0]["pointing"] == {"hits": [True, True], "chance": 2 / 64, "other questions": [1.0, 1.0]}
+    assert rows[1]["pointing"] == {"hits": [False, False], "chance": 16 / 64, "other questions": [0.0, 0.0]}
+    assert rows[2]["pointing"] is None
+    results = report.pointing_results(rows)
+    assert results["overall"]["n"] == 2 and results["overall"]["[CLS] token"] == 0.5
+    assert results["overall"]["chance"] == pytest.approx((2 / 64 + 16 / 64) / 2)
+    assert list(results["by_type"]) == ["예/아니오"]
+    text, _ = read_page(tmp_path / "page.html")
+    assert "pointing game" in text and "peaks in the object" in text and "peaks outside the object" in text
+
+
+def test_patches_inside_follow_the_center_crop():
+    """A wide picture is seen through its center square: a box on the crop's first column of patches holds their
+    centres, one left of the crop holds none."""
+    inside = report.patches_inside([32, 0, 40, 64], (128, 64), 8)  # the crop spans x 32..96, 8 px per patch
+    assert inside.reshape(8, 8)[:, 0].all() and inside.sum() == 8
+    assert not report.patches_inside([0, 0, 30, 64], (128, 64), 8).any()
+
+
 class PageReader(html.parser.HTMLParser):
     """The parts of the page the tests look at: cards, sections, summary rows, images, scripts."""
 
