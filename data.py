@@ -343,7 +343,8 @@ def split_dev(entries, dev_size, seed):
 
 
 class VqaDataset(torch.utils.data.Dataset):
-    """VQA entries -> {"pixels", "question", "targets" [num_answers], "question_id", "index"}.
+    """VQA entries -> {"pixels", "question", "targets" [num_answers], "question_id", "index"}; with picture_of,
+    "pixels" are those of the picture it names instead of the entry's own (the wrong-picture control).
 
     With augment, item i of epoch e is augmented with random.Random(f"{seed}:{e}:{i}"): the same in every
     worker and every run. The training stream (training.ShuffledStream) calls set_epoch in each worker as it

@@ -7,12 +7,12 @@ line when --demo asks for the tables (or --seeds for several runs); `python demo
     python demo.py                   # = python finetune.py --demo: about 12 min on 2 CPU cores
     python demo.py --world bars --seeds 3
 
-The stages: the encoders (pretrain_encoders.py, out/encoders_demo/, made first when missing), METER pretraining
-from them (out/pretrain_demo/, made when missing or older than the encoders), then three fine-tunings at equal
-steps: Ko-METER from that pretraining, Ko-METER without it (from the same encoders) and the ViLT baseline
-without it. Then the tables, as mean ± standard deviation over the seeds, with the controls every fine-tuning
-writes into its results.json (what the words alone score; the same model shown another picture), the pointing
-game of the attention maps, and the minutes each stage took.
+The stages: the encoders (pretrain_encoders.py, out/encoders_demo/, made when missing or older than the demo
+set), METER pretraining from them (out/pretrain_demo/, made when missing or older than the encoders), then three
+fine-tunings at equal steps: Ko-METER from that pretraining, Ko-METER without it (from the same encoders) and
+the ViLT baseline without it. Then the tables, as mean ± standard deviation over the seeds, with the controls
+every fine-tuning writes into its results.json (what the words alone score; the same model shown another
+picture), the pointing game of the attention maps, and the minutes each stage took.
 
 Choices:
 - The "question only" row answers each dev question with the most frequent training answer of the same
@@ -34,7 +34,7 @@ import pretrain_encoders
 import report
 import training
 from checkpoints import read_json
-from demo_data import demo_pretrained, world_suffix
+from demo_data import demo_pretrained, make_demo, world_suffix
 from formats import ANSWER_TYPES
 
 
@@ -45,8 +45,10 @@ def run_finetune_demo(args, argv):
     minutes = {}
     demo_flags = ["--demo", "--world", args.world] + (["--demo-dir", args.demo_dir] if args.demo_dir else [])
     encoders = [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world=world_suffix(args.world)) for flag in ("clip", "text")]
-    if not all(os.path.exists(path) for path in encoders):
-        print(f"{encoders[0]} is missing: running the encoder stage first (pretrain_encoders.py --demo)")
+    # the demo set first: a new version of its world (or a deleted one) makes its encoders stale
+    made = os.path.getmtime(make_demo(args.demo_dir or "demo_data" + world_suffix(args.world), world=args.world)["tokenizer"])
+    if not all(os.path.exists(path) and os.path.getmtime(path) >= made for path in encoders):
+        print(f"{encoders[0]} is missing or older than the demo set: running the encoder stage first")
         minutes["encoders (pretrain_encoders.py)"] = timed(
             lambda: pretrain_encoders.train(pretrain_encoders.parse_args(demo_flags)))
     pretrained = demo_pretrained(args.world)
@@ -163,8 +165,9 @@ def print_demo_tables(results):
 
 def print_pointing_game(results, over):
     """The share of the questions about one object whose attention map (predict.py --explain's, last layer) peaks
-    inside that object's box, per answer type: the [CLS] token's map, under it the mean of the tokens', and the
-    level a map that peaks anywhere reaches."""
+    inside that object's box, per answer type: for each model the [CLS] token's map, under it how often the maps
+    of the picture's other questions peak in that box, and the mean of the tokens' map; last, the chance level
+    (the share of the picture's patches inside the box: a map that peaks anywhere)."""
     first = next(iter(results.values()))[0]["pointing"]
     if not first["overall"]["n"]:
         return

@@ -453,8 +453,8 @@ def write_hf_folder(folder, state: dict, config: dict):
 
 
 def save_clip_vision(vision: torch.nn.Module, folder, image_size: int):
-    """A ClipVision as Hugging Face CLIP's vision tower: keys vision_model.… (as in openai/clip-vit-base-patch16's
-    file), and a CLIPVisionConfig. Returns the path of the weights."""
+    """A ClipVision as Hugging Face CLIP's vision tower alone (CLIPVisionModel): keys vision_model.…, named as in
+    the vision half of openai/clip-vit-base-patch16's file, and a CLIPVisionConfig. Returns the weights' path."""
     ours = vision.state_dict()
     state = {theirs: ours[name] for name, theirs, _ in clip_table("hf", "vision_model.", len(vision.blocks))}
     width = vision.embeddings.position_embedding.shape[1]
@@ -467,7 +467,8 @@ def save_clip_vision(vision: torch.nn.Module, folder, image_size: int):
 
 def save_roberta(text: torch.nn.Module, folder, pad_id: int = 1):
     """A RobertaText as Hugging Face's RobertaModel without its pooler (as KLUE's file, a RobertaForMaskedLM, has
-    none): keys embeddings.… and encoder.layer.N.…, and a RobertaConfig. Returns the path of the weights."""
+    none; transformers loads it with add_pooling_layer=False): keys embeddings.… and encoder.layer.N.…, and a
+    RobertaConfig. Returns the path of the weights."""
     ours = text.state_dict()
     state = {theirs: ours[name] for name, theirs, _ in roberta_table("", len(text.layers))}
     words, positions = text.embeddings.word.weight.shape, text.embeddings.position.weight.shape
@@ -503,9 +504,12 @@ def build_fresh_model(args, tokenizer, rank: int, num_answers: int = 0):
     """A --config / --arch model whose vocabulary is the tokenizer's, seeded by --seed; its encoders from
     --clip / --text when given, else random (warned). A tokenizer that does not fit --text is refused first, one
     that does not fit the model (or a --max-len it cannot take) after."""
+    for path, encoder in ((args.clip, "image"), (args.text, "text")):
+        if path and not os.path.exists(path):
+            made_by = (f" (the demo's: `python pretrain_encoders.py --demo --world {args.world}` makes them)"
+                       if getattr(args, "demo", False) else "")
+            raise FileNotFoundError(f"{path}: {encoder} encoder checkpoint not found{made_by}")
     if args.text:
-        if not os.path.exists(args.text):
-            raise FileNotFoundError(f"{args.text}: text encoder checkpoint not found")
         check_vocabulary_fits(tokenizer, text_embedding_rows(args.text), args.text)
     config = CONFIGS[args.config]
     config = replace(config, arch=args.arch, vocab_size=tokenizer.vocab_size, num_answers=num_answers,

@@ -73,11 +73,13 @@ class MeterConfig:
 
 CONFIGS = {
     "base": MeterConfig(),
-    # The CPU configuration of the demos and tests: width 128 (2 heads of 64), 2 layers per stream, 64 px images.
-    "tiny": MeterConfig(image_size=64, patch_size=8, vision_width=128, vision_layers=2, vision_heads=2,
+    # The CPU configuration of the demos and tests: width 128 (2 heads of 64), 2 layers per stream, 64 px images
+    # in 16 px patches (a 4 x 4 grid, each quarter of a demo picture 2 x 2 patches: the demo's stages run 1.5 to
+    # 2.4 times faster than with 8 px, and read shapes better). No dropout: the demo runs underfit, not overfit.
+    "tiny": MeterConfig(image_size=64, patch_size=16, vision_width=128, vision_layers=2, vision_heads=2,
                         vocab_size=512, text_width=128, text_layers=2, text_heads=2, text_ffn_width=512,
                         max_positions=66, hidden_size=128, fusion_layers=2, fusion_heads=2,
-                        fusion_ffn_width=512, vilt_layers=4),
+                        fusion_ffn_width=512, vilt_layers=4, dropout=0.0),
 }
 
 
@@ -413,9 +415,10 @@ def part_of(param_name: str) -> str:
 
 
 def no_weight_decay(param_name: str) -> bool:
-    """AdamW skips biases, LayerNorm weights and the class / position / modality / token-type embeddings."""
-    return param_name.endswith("bias") or any(word in param_name for word in
-                                              ("norm", "class_embedding", "position", "modality", "token_type"))
+    """AdamW skips biases, LayerNorm weights, the class / position / modality / token-type embeddings and CLIP's
+    learned temperature (pretrain_encoders.py)."""
+    return param_name.endswith("bias") or any(word in param_name for word in ("norm", "class_embedding", "position",
+                                                                              "modality", "token_type", "log_scale"))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -19,8 +19,8 @@ Choices where the papers are silent:
   (`pretrain_losses_two_pass`) up to dropout's random masks (tests check it with dropout off).
 - ITM negatives come from the same micro-batch (the images whose encoder output is at hand). METER's code
   draws each negative image at random from the whole data set (one more image encoder pass per negative).
-- The demo recipe (batch 64, 500 steps, base lr 2e-4): ITM needs a batch of about 64 and sits at chance
-  for a few hundred steps before it takes off, while MLM accuracy rises from the first steps.
+- The demo recipe (batch 64, 500 steps, base lr 2e-4) starts from the demo's encoders (pretrain_encoders.py,
+  made first: `python pretrain_encoders.py --demo`), as the paper starts from CLIP and KLUE RoBERTa.
 - The held-out split (the "split": "val" lines of metrics.jsonl) is 2% of the images, at most 1,000,
   taken from COCO's val2014 when the file has it.
 """
@@ -144,18 +144,20 @@ def objective_means(sums):
 
 
 def contrastive_loss(image_embeddings, text_embeddings, log_scale):
-    """The third classic objective, the one CLIP's encoders learned from (Radford et al. 2021, §2.3 and Figure 3),
-    which pretrain_encoders.py uses to make the demo's encoders: in a batch of B matched (image, text) pairs,
-    each image must pick its own text among the B texts, and each text its own image.
+    """Image-text contrastive learning (ITC), the objective CLIP's encoders learned from (Radford et al. 2021, §2.3
+    and Figure 3), beside MLM and ITM the third classic one; pretrain_encoders.py trains the demo's encoders with
+    it. In a batch of B matched (image, text) pairs, each image must pick its own text among the B texts, and each
+    text its own image: every off-diagonal pair is a negative.
 
-    image_embeddings, text_embeddings [B, D]; log_scale: the learned log of the inverse temperature (CLIP caps
-    the scale at 100). Returns the symmetric cross-entropy and how many rows found their pair, each way."""
-    images = F.normalize(image_embeddings.float(), dim=-1)
-    texts = F.normalize(text_embeddings.float(), dim=-1)
-    logits = log_scale.clamp(max=math.log(100)).exp() * images @ texts.T  # [B, B]: cosine of image i and text j
+    image_embeddings, text_embeddings [B, D]; log_scale: the learned log of the inverse temperature, used capped
+    at 100 as in CLIP. Returns the symmetric cross-entropy and how many rows found their pair, each way."""
+    with torch.autocast(image_embeddings.device.type, enabled=False):  # in fp32: at a scale of 100, bf16 cosines
+        images = F.normalize(image_embeddings.float(), dim=-1)         # would move the logits by up to 0.4
+        texts = F.normalize(text_embeddings.float(), dim=-1)
+        logits = log_scale.float().clamp(max=math.log(100)).exp() * images @ texts.T  # [B, B]: scaled cosines
     pairs = torch.arange(len(logits), device=logits.device)  # the matched text of image i is text i: the diagonal
-    loss = (F.cross_entropy(logits, pairs) + F.cross_entropy(logits.T, pairs)) / 2  # rows: image->text; columns
-    return {"loss": loss, "image_to_text_correct": (logits.argmax(dim=1) == pairs).sum(),
+    loss = (F.cross_entropy(logits, pairs) + F.cross_entropy(logits.T, pairs)) / 2  # rows: image->text, columns:
+    return {"loss": loss, "image_to_text_correct": (logits.argmax(dim=1) == pairs).sum(),  # text->image
             "text_to_image_correct": (logits.argmax(dim=0) == pairs).sum()}
 
 

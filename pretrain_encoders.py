@@ -12,7 +12,9 @@ pretrain.contrastive_loss) on a caption set, and writes them in the key layouts 
                                     and the tokenizer
 
 pretrain.py and finetune.py read them with --clip / --text through load_weights.load_clip / load_text, exactly
-as they read the real files (their --demo recipes do so from out/encoders_demo/).
+as they read the real files (their --demo recipes do so from out/encoders_demo/, out/encoders_demo_bars/ for
+--world bars). The two folders are written at the end of the run: a run stopped early leaves a checkpoint to
+--resume, not encoders.
 
     python pretrain_encoders.py --demo     # the tiny config on the demo's captions, about 2 min on 2 CPU cores
     python pretrain_encoders.py --captions my/captions.jsonl --images my/images --tokenizer my/tokenizer.json \
@@ -21,15 +23,17 @@ as they read the real files (their --demo recipes do so from out/encoders_demo/)
 Choices where the papers are silent:
 - Each embedding is the mean of its encoder's tokens (padding left out), projected without bias to the fusion's
   width (CLIP projects to 512); the projections are not written out. CLIP reads the [CLS] token instead: from
-  random weights the tiny encoders' [CLS] tokens moved too slowly (the demo's loss stayed at ln B for 50 steps
-  of batch 128, where the mean of the tokens had it at 2.6 by step 50 of batch 64), and METER's fusion reads
+  random weights the tiny encoders' [CLS] tokens moved too slowly (in the demo the loss stayed at ln B, chance,
+  for the first 50 steps; with the mean of the tokens it had fallen to 2.6 by then), and METER's fusion reads
   every token, which the mean trains.
 - The vision encoder has the config's vision_layers blocks (2 in the tiny config, 11 in base), all of which
   Ko-METER keeps. METER drops the last of CLIP's 12, which matters little at that depth; a tiny encoder trained
   with 4 blocks and read after 2 lost what it had learnt of the shapes (measured: the METER pretraining's MLM
   named a shape at a position 36% of the time, chance 25%). ViLT's deeper stream (4 blocks) starts its first 2
   from this file and the others fresh.
-- Every other pair of the batch is a negative; two captions of one picture in a batch count as two pairs.
+- Every pair of the batch off the diagonal is a negative, even where it matches: two captions of one picture,
+  or two pictures with the same caption (a short inventory such as "빨간색 원 하나가 있다." fits many). CLIP
+  does the same; at 400 M pairs such collisions are rare, on a small set they keep R@1 below 1.
   There is no gradient accumulation (--micro-batch must be the batch per process: the loss compares every
   pair of the batch, which micro-batches cannot add up), and under torchrun each process contrasts its own batch.
 - The held-out images are pretrain.py's (split_held_out); their curve is image->text and text->image retrieval
@@ -56,7 +60,7 @@ from load_weights import check_model_fits, save_clip_vision, save_roberta
 from model import CONFIGS, ClipVision, RobertaText, build_optimizer, init_weights
 from pretrain import contrastive_loss, split_held_out
 
-ENCODER_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 1.0, "heads": 1.0}  # pooler, projections, scale
+ENCODER_LR_MULTIPLIERS = {"vision": 1.0, "text": 1.0, "fusion": 1.0, "heads": 1.0}  # fusion: projections, scale
 ENCODER_DEFAULTS = {
     "config": "base", "batch": 256, "steps": 10000, "lr": 5e-4, "max_len": 40,
     "log_every": 50, "eval_every": 1000, "save_every": 1000, "out": "encoders_out", "workers": 4,
@@ -167,6 +171,7 @@ def train(args):
     train_entries, held_out_entries = split_held_out(entries, args.seed)
     model = build_dual_encoder(args, tokenizer).to(device)
     optimizer = build_optimizer(model, args.lr, ENCODER_LR_MULTIPLIERS)
+    run.check_room_for(model)  # refuse a disk under --out without room for one checkpoint
     start_step = checkpoints.resume(args, model, optimizer)["step"] if args.resume else 0
     objective, ddp = training.wrap_objective(model, encoder_losses, args, world_size, device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
@@ -199,8 +204,7 @@ def train(args):
         step_sums["stop"] = torch.tensor(float(run.stop_requested is not None), device=device)
         sums = training.sum_across_processes(step_sums, world_size)
         if not math.isfinite(sums["loss_sum"]):
-            raise ValueError(f"loss is not finite at step {step + 1}: training stopped, last good checkpoint: "
-                             f"{log.last_saved if rank == 0 else '?'} in {args.out}")
+            raise FloatingPointError(f"loss is not finite at step {step + 1} ({encoder_means(sums)})")
         completed, stopping = step + 1, sums.pop("stop") > 0
         is_last = completed == args.steps
         log_now = completed % args.log_every == 0 or is_last
@@ -209,6 +213,8 @@ def train(args):
         # ---- the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # CLIP caps the scale at 100: the parameter too, so that Adam cannot carry it past
+            model.log_scale.clamp_(max=math.log(100))
         training.add_sums(logged_sums, sums)
 
         # ---- what the step leaves behind: a log line, a held-out evaluation, a checkpoint (process 0 only)
@@ -216,13 +222,17 @@ def train(args):
             log.train_line(completed, lr, {**encoder_means(logged_sums), "scale": model.log_scale.exp().item()},
                            grad_norm)
             logged_sums = {}
-        if rank == 0 and held_out_entries and (completed % args.eval_every == 0 or is_last):
+        evaluating = held_out_entries and (completed % args.eval_every == 0 or is_last)
+        if rank == 0 and evaluating:
             log.eval_line(completed, "val", evaluate_retrieval(model, held_out_loader, args, device))
-        if rank == 0 and (completed % args.save_every == 0 or is_last or stopping):
+        saving = completed % args.save_every == 0 or is_last or stopping
+        if rank == 0 and saving:
             checkpoints.save_checkpoint(args.out, completed, model, optimizer, {
                 "args": vars(args), "world_size": world_size, "samples_seen": completed * args.batch}, saved_files)
             log.saved(completed)
-        if stopping:
+        if evaluating or saving:  # the others wait for process 0's evaluation and checkpoint here
+            training.wait_for_process_0(world_size)
+        if stopping:  # raises SystemExit with the command that resumes
             run.stop(completed, run.stop_requested)
     if rank == 0:  # the encoders in the real downloads' layouts: what --clip and --text take
         clip_path = save_clip_vision(model.vision, os.path.join(args.out, "clip"), image_size)

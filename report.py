@@ -409,7 +409,7 @@ def controls_html(rows, controls):
         lines = [f"<tr>{head}</tr>"]
         for name, results in controls.items():
             cells = [results["by_type"][answer_type] for answer_type in formats.ANSWER_TYPES] + [results["overall"]]
-            lines.append(f'<tr data-control="{html.escape(name)}"><td>{html.escape(name)}</td>' + "".join(
+            lines.append(f'<tr data-control="{html.escape(name)}"><td>{html.escape(name.replace("_", " "))}</td>' + "".join(
                 f"<td>{percent(cell['accuracy'] * cell['n'], cell['n'])}</td>" for cell in cells) + "</tr>")
         tables.append(f'<table class="summary controls">{"".join(lines)}</table>')
     pointed = pointing_results(rows)
@@ -466,7 +466,7 @@ def write_report(path, model, tokenizer, answer_vocab, max_len, entries, referen
     layer: --layer's number (1 = first, None = last). objects: {question id as a string: [left, top, right,
     bottom]}, the object a question asks about, in pixels of its picture (the pointing game); controls: {name:
     results} shown beside the accuracy (finetune.py's question-only and wrong-picture rows). Returns the rows the
-    page shows, each with its "pointing" ({"hits": [one per map], "chance"}, or None)."""
+    page shows, each with its "pointing" (pointing_game's {"hits", "chance", "other questions"}, or None)."""
     index = layer_index(model, layer)
     was_training = model.training
     model.eval()

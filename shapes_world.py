@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 DEMO_COLOURS = {"빨간색": ("red", (214, 39, 40)), "파란색": ("blue", (31, 89, 214)),
                 "초록색": ("green", (40, 160, 60)), "노란색": ("yellow", (240, 200, 20))}
 DEMO_SHAPES = {"원": "circle", "사각형": "square", "삼각형": "triangle", "십자": "cross"}
-SHAPE_RADIUS = 0.40  # as a share of a quarter's side: a shape spans about 3 x 3 patches of the tiny model's view
+SHAPE_RADIUS = 0.40  # as a share of a quarter's side: a shape nearly fills the 2 x 2 patches of its quarter
 DEMO_POSITIONS = {(0, 0): "왼쪽 위", (1, 0): "오른쪽 위", (0, 1): "왼쪽 아래", (1, 1): "오른쪽 아래"}
 NATIVE_ATTRIBUTIVE_WORDS = {1: "한", 2: "두", 3: "세", 4: "네"}
 NATIVE_ALONE_WORDS = {1: "하나", 2: "둘", 3: "셋", 4: "넷"}
@@ -29,7 +29,7 @@ ENGLISH_NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 UNKNOWABLE_QUESTIONS = ["이 사진은 언제 찍었나요?", "이 사진을 찍은 사람은 누구인가요?",
                         "도형은 무엇으로 만들어졌나요?", "이 사진은 어느 나라에서 찍었나요?",
                         "도형의 무게는 얼마인가요?"]
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 YES_NO_TRIES = 200  # draws of a yes/no question until one has the answer drawn first
 
 
@@ -78,9 +78,8 @@ def draw_scene(objects, image_size, rng):
         if thing["shape"] == "원":
             corners = [(x - radius, y - radius), (x + radius, y + radius)]
             draw.ellipse(corners, fill=fill)
-        elif thing["shape"] == "사각형":
-            half = 0.85 * radius
-            corners = [(x - half, y - half), (x + half, y + half)]
+        elif thing["shape"] == "사각형":  # it fills the circle's box: the two differ in their corners, not in size
+            corners = [(x - radius, y - radius), (x + radius, y + radius)]
             draw.rectangle(corners, fill=fill)
         elif thing["shape"] == "삼각형":
             corners = [(x, y - radius), (x + radius, y + 0.8 * radius), (x - radius, y + 0.8 * radius)]

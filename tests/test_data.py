@@ -414,10 +414,10 @@ def test_demo_is_deterministic_readable_and_reused(tmp_path):
     demo_data.make_demo(tmp_path / "two", seed=5, **sizes)
     files_one = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*") if path.is_file())
     files_two = sorted(path.relative_to(tmp_path / "two") for path in (tmp_path / "two").rglob("*") if path.is_file())
-    assert files_one == files_two and len(files_one) == 12 + 8 + 4 + 5
+    assert files_one == files_two and len(files_one) == 12 + 8 + 4 + 6  # pictures, then 5 JSON files and the marker
     for relative in files_one:
         assert (tmp_path / "one" / relative).read_bytes() == (tmp_path / "two" / relative).read_bytes(), relative
-    assert set(first) == {"captions", "vqa_train", "vqa_dev", "images", "tokenizer"}
+    assert set(first) == {"captions", "vqa_train", "vqa_dev", "images", "tokenizer", "dev_objects"}
     stamp = os.path.getmtime(first["captions"])
     assert demo_data.make_demo(tmp_path / "one", seed=5, **sizes) == first
     assert os.path.getmtime(first["captions"]) == stamp
@@ -441,11 +441,16 @@ def test_demo_answers_follow_from_the_picture(tmp_path):
     rng = random.Random(0)
     for _ in range(200):
         objects = shapes_world.demo_scene(rng)
-        for question, answer, answer_type in shapes_world.demo_questions(objects, rng, 4):
+        image = shapes_world.draw_scene(objects, 64, rng)  # drawing records each object's box
+        for question, answer, answer_type, box in shapes_world.demo_questions(objects, rng, 4):
             assert formats.answer_type_of({"answers": [answer]}) == answer_type
             if question.startswith("도형은 모두"):
                 assert answer == f"{len(objects)}개"
-        image = shapes_world.draw_scene(objects, 64, rng)
+            for thing in objects:  # the box of a question about a position is the object's there, in its quarter
+                if question.startswith(thing["position"] + "에 있는"):
+                    assert box == thing["box"]
+                    x, y = thing["cell"]
+                    assert x * 32 <= box[0] < box[2] <= (x + 1) * 32 and y * 32 <= box[1] < box[3] <= (y + 1) * 32
         for thing in objects:  # every object's colour is visible in its quarter
             x, y = thing["cell"]
             quarter = np.asarray(image)[y * 32:(y + 1) * 32, x * 32:(x + 1) * 32].reshape(-1, 3)

@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import demo
 import finetune
 import formats
 import pretrain
+import pretrain_encoders
 import report
 import torch
 import training
@@ -51,7 +53,7 @@ def test_bars_world_is_deterministic_in_any_process(bars_set, tmp_path):
     environment = {**os.environ, "PYTHONHASHSEED": "12345"}  # another set order: bytes must not depend on it
     subprocess.run([sys.executable, "-c", script], cwd=REPO, env=environment, check=True)
     first, again = files_of(root), files_of(tmp_path / "again")
-    assert first == again and len(first) == 40 + 30 + 10 + 5
+    assert first == again and len(first) == 40 + 30 + 10 + 6  # pictures, then 5 JSON files and the marker
     assert any(name.startswith("images/bars/bars_") for name in first)
     other = demo_data.make_demo(tmp_path / "other", seed=1, world="bars", **TINY_SIZES)
     assert Path(other["vqa_train"]).read_bytes() != Path(bars_set["vqa_train"]).read_bytes()
@@ -152,7 +154,7 @@ def test_world_chooses_the_folders(monkeypatch):
                                         "out/encoders_demo_bars/roberta/model.safetensors")
     assert pretrain_flags("--demo", "--world", "bars").clip == "out/encoders_demo_bars/clip/model.safetensors"
     assert finetune_flags("--demo", "--clip", "mine.safetensors").clip == "mine.safetensors"
-    assert (shapes.eval_every, shapes.micro_batch, shapes.dtype) == (100, 32, "fp32")  # thirds of 300 steps
+    assert (shapes.eval_every, shapes.micro_batch, shapes.dtype) == (334, 32, "fp32")  # thirds of 1000 steps
     assert pretrain_flags("--demo", "--world", "bars").out == os.path.join("out", "pretrain_demo_bars")
     assert pretrain_flags("--demo", "--world", "bars", "--out", "elsewhere").out == "elsewhere"
     real = pretrain_flags("--captions", "c.json", "--images", "i", "--tokenizer", "t.json")
@@ -177,13 +179,48 @@ def results_with(accuracy, question_only=0.25):
             "wrong_picture": scored(accuracy / 4), "pointing": {"overall": pointing, "by_type": {"그 외": pointing}}}
 
 
+def made_first(monkeypatch):
+    """A stand-in for the demo set of the bars, its tokenizer written now: what demo.py compares the stages with."""
+    Path("demo_data_bars").mkdir()
+    Path("demo_data_bars", "tokenizer.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(demo, "make_demo", lambda folder, world: {"tokenizer": os.path.join(folder, "tokenizer.json")})
+
+
+def test_stages_older_than_the_demo_set_are_made_again(tmp_path, monkeypatch):
+    """A new version of a world rewrites its demo set: encoders made before it (another world's pictures) and the
+    pretraining made from them must be made again, not fine-tuned from."""
+    monkeypatch.chdir(tmp_path)
+    encoders = [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world="_bars") for flag in ("clip", "text")]
+    for made in encoders + [demo_data.demo_pretrained("bars")]:
+        Path(made).parent.mkdir(parents=True, exist_ok=True)
+        Path(made).write_bytes(b"")
+    time.sleep(0.05)
+    made_first(monkeypatch)  # the demo set is newer than every stage
+    stages = []
+
+    def encoder_stage(args):
+        stages.append("encoders")
+        for path in encoders:
+            Path(path).write_bytes(b"")
+
+    monkeypatch.setattr(pretrain_encoders, "train", encoder_stage)
+    monkeypatch.setattr(pretrain, "train", lambda args: stages.append("pretraining"))
+    monkeypatch.setattr(demo, "run_cells", lambda *args: stages.append("fine-tunings") or {})
+    monkeypatch.setattr(demo, "print_demo_tables", lambda results: None)
+    argv = ["--demo", "--world", "bars"]
+    demo.run_finetune_demo(finetune.parse_args(argv), argv)
+    assert stages == ["encoders", "pretraining", "fine-tunings"]
+
+
 def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
     """run_finetune_demo's bookkeeping with a stand-in for training: folders, seeds, flags, tables."""
     monkeypatch.chdir(tmp_path)
+    made_first(monkeypatch)
     for made in [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world="_bars") for flag in ("clip", "text")] + [
             demo_data.demo_pretrained("bars")]:  # the encoders, then the pretraining from them: nothing to redo
         Path(made).parent.mkdir(parents=True, exist_ok=True)
         Path(made).write_bytes(b"")
+    monkeypatch.setattr(pretrain_encoders, "train", lambda args: pytest.fail("the encoders were up to date"))
     runs = []
 
     def fake_train(args):

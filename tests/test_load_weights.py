@@ -20,7 +20,7 @@ from load_weights import (clip_table, initialise_encoders, load_clip, load_meter
 from model import CONFIGS, ClipVision, build_model
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = replace(CONFIGS["tiny"], image_size=32, num_answers=5, vocab_size=60)
+CFG = replace(CONFIGS["tiny"], image_size=32, patch_size=8, num_answers=5, vocab_size=60)  # a 4 x 4 grid
 
 
 def inputs(cfg=CFG):

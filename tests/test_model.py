@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is the t
 TOLERANCE = 1e-5
 WIDTH, HEADS, PATCH, IMAGE, LAYERS = 128, 2, 8, 32, 3  # the file has 3 CLIP blocks; the model uses 2 (as 11 of 12)
 CFG = replace(CONFIGS["tiny"], image_size=IMAGE, patch_size=PATCH, vision_layers=LAYERS - 1, vocab_size=100,
-              fusion_layers=2, num_answers=7)
+              fusion_layers=2, num_answers=7, dropout=0.1)  # dropout as in RoBERTa: the tests check where it acts
 
 
 def scramble(module, seed):

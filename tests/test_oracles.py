@@ -31,6 +31,7 @@ from tokenizers import models, pre_tokenizers
 import data
 import demo_data
 import finetune
+import formats
 import pretrain
 from model import CONFIGS, build_model
 
@@ -484,6 +485,22 @@ def train_rows(out):
     return [row for row in rows if row["split"] == "train"]
 
 
+def test_new_answer_head_starts_from_the_share_of_each_answer(soft_question_set):
+    """sigmoid(bias) of the new VQA head is each answer's share of all the answers annotators gave, counted here
+    from the file; a head that already has a bias (a fine-tuned checkpoint) keeps it."""
+    entries = formats.read_vqa(soft_question_set["train"], soft_question_set["images"])
+    given = [answer for line in open(soft_question_set["train"], encoding="utf-8") for answer in json.loads(line)["answers"]]
+    answer_vocab = sorted(set(given))
+    model = build_model(dataclasses.replace(CONFIGS["tiny"], vocab_size=60, num_answers=len(answer_vocab)))
+    finetune.start_from_answer_prior(model, entries, answer_vocab)
+    shares = torch.tensor([given.count(answer) / len(given) for answer in answer_vocab])
+    torch.testing.assert_close(torch.sigmoid(model.vqa_head.classifier.bias.detach()), shares)
+    with torch.no_grad():
+        model.vqa_head.classifier.bias.fill_(0.5)
+    finetune.start_from_answer_prior(model, entries, answer_vocab)
+    assert bool((model.vqa_head.classifier.bias == 0.5).all())
+
+
 def test_pretraining_loss_falls(tmp_path, single_thread):
     root = str(tmp_path / "captions")
     records = [{"image": name, "caption": caption, "image_id": name}
@@ -502,7 +519,8 @@ def test_pretraining_loss_falls(tmp_path, single_thread):
     assert all(0.5 < row["itm_loss"] < 0.9 for row in rows)  # ITM at chance this early, as in the demo
 
 
-def test_finetuning_loss_falls_with_soft_scores(soft_question_set, tmp_path, single_thread):
+def test_finetuning_loss_falls_with_soft_scores(soft_question_set, tmp_path, single_thread, monkeypatch):
+    monkeypatch.setattr(finetune, "start_from_answer_prior", lambda *args: None)  # from an untrained head, bias 0
     finetune.main(["--train", soft_question_set["train"], "--dev", soft_question_set["dev"],
                    "--images", soft_question_set["images"], "--tokenizer", soft_question_set["tokenizer"],
                    *TRAINING_FLAGS, "--steps", "20", "--lr", "2e-4", "--log-every", "1", "--eval-every", "20",

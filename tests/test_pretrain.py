@@ -166,7 +166,7 @@ def test_compiled_step_matches_eager(caption_set, monkeypatch, request, single_t
     from torch._dynamo.testing import CompileCounterWithBackend
     tokenizer = data.Tokenizer.load(caption_set["tokenizer"])
     cfg = dataclasses.replace(CONFIGS["tiny"], vocab_size=tokenizer.vocab_size, vision_layers=1, text_layers=1,
-                              fusion_layers=1)  # one layer of each kind: a short compilation
+                              fusion_layers=1, dropout=0.1)  # one layer of each kind: a short compilation
     torch.manual_seed(0)
     eager, compiled = build_model(cfg).train(), build_model(cfg).train()
     compiled.load_state_dict(eager.state_dict())

@@ -136,7 +136,7 @@ def test_save_functions_write_what_they_read(tmp_path):
     clip_path = save_clip_vision(vision, tmp_path / "clip", cfg.image_size)
     text_path = save_roberta(text, tmp_path / "roberta")
     config = json.loads((tmp_path / "clip" / "config.json").read_text())
-    assert (config["hidden_size"], config["num_hidden_layers"], config["patch_size"]) == (128, 2, 8)
+    assert (config["hidden_size"], config["num_hidden_layers"], config["patch_size"]) == (128, 2, cfg.patch_size)
     copy_vision, copy_text = ClipVision(cfg), RobertaText(cfg)
     load_clip(copy_vision, clip_path, verbose=False)
     load_text(copy_text, text_path, verbose=False)

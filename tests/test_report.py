@@ -30,7 +30,7 @@ from model import CONFIGS, build_model
 
 FINETUNE_FLAGS = ["--config", "tiny", "--batch", "8", "--steps", "2", "--max-len", "16", "--log-every", "2",
                   "--eval-every", "2", "--save-every", "2", "--workers", "0", "--lr", "1e-4"]
-SIDE = 8            # patches per side of the tiny config (64 px images, 8 px patches)
+SIDE = 8            # patches per side: the tiny config with 8 px patches (64 px images)
 HOT_PATCH = (2, 5)  # (row, column) of the patch the pushed model looks at: not on a diagonal, so a transpose shows
 
 
@@ -121,7 +121,7 @@ def pushed_to_one_patch(cfg):
 
 
 def test_a_model_pushed_to_one_patch_shows_it_there(demo_set, tmp_path):
-    cfg = dataclasses.replace(CONFIGS["tiny"], num_answers=2)
+    cfg = dataclasses.replace(CONFIGS["tiny"], num_answers=2, patch_size=64 // SIDE)
     model = pushed_to_one_patch(cfg)
     row, column = HOT_PATCH
     picture = np.zeros((cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
@@ -153,7 +153,7 @@ def test_pointing_game_hits_the_box_the_map_peaks_in(demo_set, tmp_path):
     """The model pushed to the bright patch: a question whose object box holds that patch is a hit, one whose box
     lies elsewhere a miss; the chance level is the box's share of patches, and the picture's other questions,
     whose maps peak at the same patch, score what a map drawn to the bright patch alone scores."""
-    cfg = dataclasses.replace(CONFIGS["tiny"], num_answers=2)
+    cfg = dataclasses.replace(CONFIGS["tiny"], num_answers=2, patch_size=64 // SIDE)
     model = pushed_to_one_patch(cfg)
     row, column = HOT_PATCH
     patch = cfg.patch_size
