@@ -8,7 +8,6 @@ Speed is bench.py's business: nothing here is timed.
 
 import dataclasses
 import json
-import os
 
 import pytest
 import torch

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 import demo_data
 import data
 import formats
-import training
 import finetune
 import predict
 import pretrain
