@@ -4,7 +4,7 @@ On top of the training scripts: it calls pretrain_encoders.train, pretrain.train
 user would run them one after another, on the synthetic sets of demo_data.py. finetune.py hands it its command
 line when --demo asks for the tables (or --seeds for several runs); `python demo.py` takes the same flags.
 
-    python demo.py                   # = python finetune.py --demo: about 12 min on 2 CPU cores
+    python demo.py                   # = python finetune.py --demo: about 10 min on 2 CPU cores
     python demo.py --world bars --seeds 3
 
 The stages: the encoders (pretrain_encoders.py, out/encoders_demo/, made when missing or older than the demo
@@ -46,7 +46,8 @@ def run_finetune_demo(args, argv):
     demo_flags = ["--demo", "--world", args.world] + (["--demo-dir", args.demo_dir] if args.demo_dir else [])
     encoders = [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world=world_suffix(args.world)) for flag in ("clip", "text")]
     # the demo set first: a new version of its world (or a deleted one) makes its encoders stale
-    made = os.path.getmtime(make_demo(args.demo_dir or "demo_data" + world_suffix(args.world), world=args.world)["tokenizer"])
+    demo_dir = args.demo_dir or "demo_data" + world_suffix(args.world)
+    made = os.path.getmtime(make_demo(demo_dir, world=args.world)["tokenizer"])
     if not all(os.path.exists(path) and os.path.getmtime(path) >= made for path in encoders):
         print(f"{encoders[0]} is missing or older than the demo set: running the encoder stage first")
         minutes["encoders (pretrain_encoders.py)"] = timed(

@@ -5,7 +5,7 @@ classification over the training answers with soft-score targets and binary cros
 AIHub's Korean VQA (3,811 answers) and reports accuracy overall and per answer type. Here: the loss, the
 evaluation, the model set-up and the training loop (machinery as for pretrain.py).
 
-    python finetune.py --demo   # the paper's comparisons on the demo set, about 12 min on 2 CPU cores
+    python finetune.py --demo   # the demo's three stages and the paper's tables: about 10 min on 2 CPU cores
 
 --demo hands over to demo.py: the demo's encoders and pretraining when missing, then three fine-tunings at equal
 steps (from that pretraining; without it, from the same encoders; ViLT without it) and the paper's tables;

@@ -3,7 +3,8 @@
 Third stop of the reading path (model.py -> data.py -> pretrain.py -> finetune.py). METER §4 pretrains with
 MLM and ITM, added with equal weight; Ko-METER does the same on AIHub's Korean COCO captions (batch 256, 40
 tokens, 224 px, 40,000 steps, base lr 1e-5, fusion and heads at 5x). Here: the recipe, the two objectives, the
-held-out evaluation and the training loop; the machinery it calls is in training.py and checkpoints.py.
+third classic one (CLIP's contrastive loss, which made the encoders METER starts from; pretrain_encoders.py uses
+it), the held-out evaluation and the training loop; the machinery it calls is in training.py and checkpoints.py.
 
     python pretrain.py --demo      # the tiny config on the synthetic demo set, minutes on 2 CPU cores
     python pretrain.py --help      # every flag and its default

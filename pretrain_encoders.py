@@ -16,9 +16,9 @@ as they read the real files (their --demo recipes do so from out/encoders_demo/,
 --world bars). The two folders are written at the end of the run: a run stopped early leaves a checkpoint to
 --resume, not encoders.
 
-    python pretrain_encoders.py --demo     # the tiny config on the demo's captions, about 2 min on 2 CPU cores
+    python pretrain_encoders.py --demo     # the tiny config on the demo's captions, about 1 min on 2 CPU cores
     python pretrain_encoders.py --captions my/captions.jsonl --images my/images --tokenizer my/tokenizer.json \
-        --config tiny --out my_encoders    # any caption set, the flags of pretrain.py
+        --config tiny --out my_encoders    # any caption set, with pretrain.py's data flags
 
 Choices where the papers are silent:
 - Each embedding is the mean of its encoder's tokens (padding left out), projected without bias to the fusion's

@@ -103,6 +103,8 @@ def test_wrong_picture_control_shows_every_question_another_picture(demo_set):
         assert not torch.equal(shown["pixels"], own["pixels"])
         assert torch.equal(shown["pixels"], data.load_image(other[dev[index]["image"]], 64))
         assert shown["question"] == own["question"] and torch.equal(shown["targets"], own["targets"])
+    with pytest.raises(ValueError, match="needs two"):  # one picture cannot be shown another: refused, not skipped
+        finetune.wrong_pictures([{"image": "only.jpg"}, {"image": "only.jpg"}], seed=0)
 
 
 def test_finetune_resumes_exactly_with_its_history(demo_set, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ README. A fine-tuning from a pretrained copy writes probe.jsonl beside its resul
 frozen, in the fine-tuned model) and how far the weights of each part have moved (the norm of the change over
 the norm of the pretrained weights).
 
-    python tests/why_pretraining.py pretrain --world bars          # 500 steps, a copy every 100 (5 min, 2 cores)
+    python pretrain_encoders.py --demo --world bars                # first, when missing: the encoders it starts from
+    python tests/why_pretraining.py pretrain --world bars          # 500 steps, a copy every 100 (3 min, 2 cores)
     python tests/why_pretraining.py finetune --world bars --start 500 --seed 1            # a pretrained run
     python tests/why_pretraining.py finetune --world bars --seed 1                        # the same from scratch
     python tests/why_pretraining.py finetune --world bars --start 500 --fusion 1 --heads 10   # gentler lr
