@@ -17,8 +17,8 @@ picture), the pointing game of the attention maps, and the minutes each stage to
 Choices:
 - The "question only" row answers each dev question with the most frequent training answer of the same
   words: a model that does not beat it has learned the questions, not the pictures. The "wrong picture" row under
-  each model is that model answering every dev question with another dev picture: a model that looks falls
-  towards the question-only line.
+  each model is that model answering every dev question with another dev picture: a model that looks falls to
+  or below the question-only line (it answers for the picture it sees).
 - --seeds N runs seeds --seed .. --seed + N - 1 of every fine-tuning from the same pretrained model; the
   spread is the sample standard deviation over those runs.
 """
@@ -50,12 +50,12 @@ def run_finetune_demo(args, argv):
     made = os.path.getmtime(make_demo(demo_dir, world=args.world)["tokenizer"])
     if not all(os.path.exists(path) and os.path.getmtime(path) >= made for path in encoders):
         print(f"{encoders[0]} is missing or older than the demo set: running the encoder stage first")
-        minutes["encoders (pretrain_encoders.py)"] = timed(
-            lambda: pretrain_encoders.train(pretrain_encoders.parse_args(demo_flags)))
+        minutes["encoders (pretrain_encoders.py)"] = [timed(
+            lambda: pretrain_encoders.train(pretrain_encoders.parse_args(demo_flags)))]
     pretrained = demo_pretrained(args.world)
     if not os.path.exists(pretrained) or os.path.getmtime(pretrained) < max(map(os.path.getmtime, encoders)):
         print(f"{pretrained} is missing or older than the encoders: running the pretraining demo first")
-        minutes["METER pretraining (pretrain.py)"] = timed(lambda: pretrain.train(pretrain.parse_args(demo_flags)))
+        minutes["METER pretraining (pretrain.py)"] = [timed(lambda: pretrain.train(pretrain.parse_args(demo_flags)))]
     out = output_folder(args)
     cells = [("with pretraining", os.path.join(out, "pretrained"), ["--pretrained", pretrained]),
              ("without pretraining", os.path.join(out, "scratch"), []),
@@ -192,13 +192,12 @@ def print_pointing_game(results, over):
 
 
 def print_minutes(minutes):
-    """The wall time of each stage this command ran, in minutes (fine-tunings: the mean over their seeds)."""
+    """The wall time of each stage this command ran, in minutes ({stage: [minutes of each run]}; fine-tunings: the
+    mean over their seeds)."""
     print("\nminutes of wall time, each stage this command ran (fine-tunings: mean over the seeds)")
     for stage, values in minutes.items():
-        values = values if isinstance(values, list) else [values]
         print(f"{stage:<40}{sum(values) / len(values):>8.1f}")
-    total = sum(sum(values) if isinstance(values, list) else values for values in minutes.values())
-    print(f"{'all of them':<40}{total:>8.1f}")
+    print(f"{'all of them':<40}{sum(map(sum, minutes.values())):>8.1f}")
 
 
 def main(argv=None):

@@ -312,7 +312,7 @@ def train(args):
         if stopping:  # raises SystemExit with the command that resumes
             run.stop(completed, run.stop_requested)
     if rank == 0:  # the final model: the controls, and the dev questions as one page with the attention maps
-        controls = {"question_only": report.question_only(train_entries, dev_entries),
+        controls = {"question_only": report.question_only(train_entries, dev_entries, reference_answer),
                     "wrong_picture": evaluate_vqa(model, wrong_picture_loader, dev_entries, answer_vocab, args, device)[0]}
         objects = checkpoints.read_json(args.dev_objects) if args.dev_objects else None
         rows = report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab,

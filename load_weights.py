@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from checkpoints import atomic_path, verify_checksum
+from checkpoints import atomic_path, verify_checksum, write_json
 from model import CONFIGS, MeterConfig, TextEmbeddings, build_model, count_parameters
 
 
@@ -247,12 +247,15 @@ def shapes_of(state: dict, *keys: str) -> list:
     return [state[key].shape for key in keys]
 
 
+CLIP_BLOCKS = {"clip-hf": "encoder.layers.", "clip-openai": "transformer.resblocks."}  # where blocks are numbered
+
+
 def clip_config(state: dict, layout: str, prefix: str) -> dict:
     if layout == "clip-hf":
-        patch_key, position_key, blocks = ("embeddings.patch_embedding.weight",
-                                           "embeddings.position_embedding.weight", "encoder.layers.")
+        patch_key, position_key = "embeddings.patch_embedding.weight", "embeddings.position_embedding.weight"
     else:
-        patch_key, position_key, blocks = "conv1.weight", "positional_embedding", "transformer.resblocks."
+        patch_key, position_key = "conv1.weight", "positional_embedding"
+    blocks = CLIP_BLOCKS[layout]
     patch, position = shapes_of(state, prefix + patch_key, prefix + position_key)
     width, patch_size = patch[0], patch[-1]
     return {"vision_width": width, "vision_heads": width // 64, "patch_size": patch_size,
@@ -383,7 +386,7 @@ def clip_block_count(path) -> int:
     with safe_open(str(path), "pt") as file:
         names = {name: None for name in file.keys()}
     layout, prefix = detect_layout(names, {})
-    return count_indices(names, prefix + ("encoder.layers." if layout == "clip-hf" else "transformer.resblocks."))
+    return count_indices(names, prefix + CLIP_BLOCKS[layout])
 
 
 def initialise_encoders(model: torch.nn.Module, clip_path=None, text_path=None, verbose: bool = True):
@@ -447,8 +450,7 @@ def write_hf_folder(folder, state: dict, config: dict):
     tensors = {name: tensor.detach().contiguous().cpu().clone() for name, tensor in state.items()}
     with atomic_path(os.path.join(folder, "model.safetensors")) as temporary:
         save_file(tensors, temporary, metadata={"format": "pt"})
-    with atomic_path(os.path.join(folder, "config.json")) as temporary, open(temporary, "w") as file:
-        json.dump(config, file, indent=2)
+    write_json(os.path.join(folder, "config.json"), config)
     return os.path.join(folder, "model.safetensors")
 
 

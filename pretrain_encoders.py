@@ -148,9 +148,12 @@ def evaluate_retrieval(model, loader, args, device):
             text_embeddings.append(model.embed_texts(batch["input_ids"], batch["attention_mask"]).float())
         image_ids += batch["image_ids"]
     model.train()
-    codes = {}
-    caption_images = torch.tensor([codes.setdefault(image_id, len(codes)) for image_id in image_ids])  # [C]
-    first_row = [image_ids.index(image_id) for image_id in codes]  # one row per picture, in code order
+    codes, first_row = {}, []  # picture -> its number; the first caption row of each picture, in number order
+    for row, image_id in enumerate(image_ids):
+        if image_id not in codes:
+            codes[image_id] = len(codes)
+            first_row.append(row)
+    caption_images = torch.tensor([codes[image_id] for image_id in image_ids])  # [C]: each caption's picture
     images = F.normalize(torch.cat(image_embeddings)[first_row], dim=-1)  # [I, H]
     texts = F.normalize(torch.cat(text_embeddings), dim=-1)  # [C, H]
     similarity = (images @ texts.T).cpu()  # [I, C]

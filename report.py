@@ -264,9 +264,10 @@ def thumbnail(image_path, heat, box=None):
 # Controls: what the words alone score, and whether a map peaks on the object a question asks about
 
 
-def question_only(train_entries, dev_entries):
+def question_only(train_entries, dev_entries, reference_answer):
     """What a question's words alone score: each dev question answered with the most frequent training answer of
-    the same question (of all training questions when the question is new), in the shape of results.json's
+    the same question (of all training questions when the question is new), right when it is the question's
+    reference_answer (finetune.reference_answer, the rule of results.json), in the shape of results.json's
     "overall" and "by_type" (accuracy, n). A model that looks at the picture must do better."""
     by_question, overall = {}, Counter()
     for entry in train_entries:
@@ -275,7 +276,7 @@ def question_only(train_entries, dev_entries):
     hits = {answer_type: [] for answer_type in formats.ANSWER_TYPES}
     for entry in dev_entries:
         guess = by_question.get(entry["question"], overall).most_common(1)[0][0]
-        hits[entry["answer_type"]].append(guess == Counter(entry["answers"]).most_common(1)[0][0])
+        hits[entry["answer_type"]].append(guess == reference_answer(entry["answers"]))
     every = [hit for type_hits in hits.values() for hit in type_hits]
     return {"overall": {"accuracy": sum(every) / max(len(every), 1), "n": len(every)},
             "by_type": {answer_type: {"accuracy": sum(type_hits) / max(len(type_hits), 1), "n": len(type_hits)}
@@ -312,12 +313,13 @@ def pointing_game(rows, peaks, insides):
         rows_of_image.setdefault(row["image"], []).append(index)
     for index, row in enumerate(rows):
         inside = insides.get(index)
-        row["pointing"] = None if inside is None else {
-            "hits": [bool(inside[peak]) for peak in peaks[index]], "chance": inside.float().mean().item(),
-            "other questions": [sum(bool(inside[peaks[other][map_index]]) for other in rows_of_image[row["image"]]
-                                    if other != index) / (len(rows_of_image[row["image"]]) - 1)
-                                for map_index in range(len(peaks[index]))]
-            if len(rows_of_image[row["image"]]) > 1 else None}
+        if inside is None:
+            row["pointing"] = None
+            continue
+        others = [peaks[other] for other in rows_of_image[row["image"]] if other != index]  # [others][maps]
+        row["pointing"] = {"hits": [bool(inside[peak]) for peak in peaks[index]], "chance": inside.float().mean().item(),
+                           "other questions": [sum(bool(inside[other[map_index]]) for other in others) / len(others)
+                                               for map_index in range(len(peaks[index]))] if others else None}
 
 
 def pointing_results(rows):

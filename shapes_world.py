@@ -75,18 +75,16 @@ def draw_scene(objects, image_size, rng):
         x = (thing["cell"][0] + 0.5) * quarter + rng.uniform(-slack, slack)
         y = (thing["cell"][1] + 0.5) * quarter + rng.uniform(-slack, slack)
         fill = DEMO_COLOURS[thing["colour"]][1]
+        corners = [(x - radius, y - radius), (x + radius, y + radius)]  # the box of all but the triangle
         if thing["shape"] == "원":
-            corners = [(x - radius, y - radius), (x + radius, y + radius)]
             draw.ellipse(corners, fill=fill)
         elif thing["shape"] == "사각형":  # it fills the circle's box: the two differ in their corners, not in size
-            corners = [(x - radius, y - radius), (x + radius, y + radius)]
             draw.rectangle(corners, fill=fill)
         elif thing["shape"] == "삼각형":
             corners = [(x, y - radius), (x + radius, y + 0.8 * radius), (x - radius, y + 0.8 * radius)]
             draw.polygon(corners, fill=fill)
         else:  # a cross: two bars across the shape, each 0.72 radius thick
             arm = 0.36 * radius
-            corners = [(x - radius, y - radius), (x + radius, y + radius)]
             draw.rectangle([x - radius, y - arm, x + radius, y + arm], fill=fill)
             draw.rectangle([x - arm, y - radius, x + arm, y + radius], fill=fill)
         thing["box"] = bounding_box(corners)
@@ -97,7 +95,6 @@ def bounding_box(points):
     """[left, top, right, bottom] in pixels, to 0.1 px, of the points a shape was drawn through."""
     xs, ys = [x for x, _ in points], [y for _, y in points]
     return [round(min(xs), 1), round(min(ys), 1), round(max(xs), 1), round(max(ys), 1)]
-
 
 
 def demo_captions(objects, rng):

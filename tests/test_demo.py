@@ -276,7 +276,7 @@ def test_question_only_answers_from_the_words(tmp_path):
                                       ("점은 몇 개인가요?", "2개", "숫자"), ("보라색 막대가 있나요?", "예", "예/아니오")])
     dev = label_file("dev.json", [("점은 몇 개인가요?", "1개", "숫자"), ("점은 몇 개인가요?", "0개", "숫자"),
                                   ("새 질문인가요?", "1개", "그 외")])
-    results = report.question_only(train, dev)
+    results = report.question_only(train, dev, finetune.reference_answer)
     assert results["overall"] == {"accuracy": 2 / 3, "n": 3}
     assert results["by_type"]["숫자"] == {"accuracy": 0.5, "n": 2} and results["by_type"]["그 외"]["accuracy"] == 1.0
     assert results["by_type"]["예/아니오"]["n"] == 0
