@@ -222,6 +222,7 @@ def train(args):
     run = training.RunFolder(args, rank)  # claims --out; catches SIGTERM / SIGINT from here on
     tokenizer = data.Tokenizer.load(args.tokenizer)
     train_entries, dev_entries = read_questions(args, rank)
+    objects = report.read_objects(args.dev_objects) if args.dev_objects else None  # a bad file stops the run here
     answers_path = os.path.join(args.out, "answers.json")
     answer_vocab = (checkpoints.read_json(answers_path) if args.resume
                     else data.build_answer_vocab(train_entries, args.answers))
@@ -314,7 +315,6 @@ def train(args):
     if rank == 0:  # the final model: the controls, and the dev questions as one page with the attention maps
         controls = {"question_only": report.question_only(train_entries, dev_entries, reference_answer),
                     "wrong_picture": evaluate_vqa(model, wrong_picture_loader, dev_entries, answer_vocab, args, device)[0]}
-        objects = checkpoints.read_json(args.dev_objects) if args.dev_objects else None
         rows = report.write_report(os.path.join(args.out, "dev_report.html"), model, tokenizer, answer_vocab,
                                    args.max_len, dev_entries, reference_answer,
                                    f"{args.out}: dev questions after {args.steps} steps", objects=objects,

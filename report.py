@@ -283,6 +283,20 @@ def question_only(train_entries, dev_entries, reference_answer):
                         for answer_type, type_hits in hits.items()}}
 
 
+def read_objects(path):
+    """--dev-objects: {question id: [left, top, right, bottom]} in pixels; ValueError naming the file and the first
+    entry that is not four numbers with left < right and top < bottom."""
+    objects = checkpoints.read_json(path)
+    if not isinstance(objects, dict):
+        raise ValueError(f"{path}: expected a JSON object {{question id: [left, top, right, bottom]}}, "
+                         f"found a {type(objects).__name__}")
+    for question_id, box in objects.items():
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(value, (int, float)) for value in box)
+                and box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"{path}: entry {question_id!r}: {box!r} is not a box [left, top, right, bottom]")
+    return objects
+
+
 def view_of(size, side):
     """(left, top, pixels per view pixel): where the model's square view (CLIP's center crop, data.resize_center_crop)
     of a picture of size (width, height) lies in it, at `side` pixels."""

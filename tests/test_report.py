@@ -291,3 +291,15 @@ def test_explain_for_vilt_and_bad_input_in_one_line(finetuned, demo_set, tmp_pat
         message = str(stop.value.code)
         assert message.startswith("error: ") and expected in message and "\n" not in message
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_dev_objects_file_is_checked_entry_by_entry(tmp_path):
+    """A box that is not [left, top, right, bottom] is named with its file and entry, before any training."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"101": [1, 2, 30.5, 40]}), encoding="utf-8")
+    assert report.read_objects(good) == {"101": [1, 2, 30.5, 40]}
+    for content, named in [({"101": [1, 2, 30]}, "'101'"), ({"7": [30, 2, 1, 40]}, "'7'"), ([1, 2], "a list")]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content), encoding="utf-8")
+        with pytest.raises(ValueError, match=f"{bad}.*{named}"):
+            report.read_objects(bad)
