@@ -12,7 +12,7 @@ set), METER pretraining from them (out/pretrain_demo/, made when missing or olde
 fine-tunings at equal steps: Ko-METER from that pretraining, Ko-METER without it (from the same encoders) and
 the ViLT baseline without it. Then the tables, as mean ± standard deviation over the seeds, with the controls
 every fine-tuning writes into its results.json (what the words alone score; the same model shown another
-picture), the pointing game of the attention maps, and the minutes each stage took.
+picture), the pointing game of the relevancy and attention maps, and the minutes each stage took.
 
 Choices:
 - The "question only" row answers each dev question with the most frequent training answer of the same
@@ -165,10 +165,10 @@ def print_demo_tables(results):
 
 
 def print_pointing_game(results, over):
-    """The share of the questions about one object whose attention map (predict.py --explain's, last layer) peaks
-    inside that object's box, per answer type: for each model the [CLS] token's map, under it how often the maps
-    of the picture's other questions peak in that box, and the mean of the tokens' map; last, the chance level
-    (the share of the picture's patches inside the box: a map that peaks anywhere)."""
+    """The share of the questions about one object whose map (predict.py --explain's) peaks inside that object's
+    box, per answer type: for each model its relevancy map, under it how often the relevancy maps of the
+    picture's other questions peak in that box, and the [CLS] token's attention in the last layer; last, the chance
+    level (the share of the picture's patches inside the box: a map that peaks anywhere)."""
     first = next(iter(results.values()))[0]["pointing"]
     if not first["overall"]["n"]:
         return
@@ -178,13 +178,14 @@ def print_pointing_game(results, over):
         return [run["pointing"]["by_type"][column] if column != "all" else run["pointing"]["overall"]
                 for column in columns]
 
-    print(f"\npointing game: questions about one object whose map peaks in its box %, {over} (the [CLS] token's map; "
-          f"under it, where the maps of the picture's other questions peak, and the mean of the tokens' map)")
+    relevancy, attention = report.MAP_NAMES
+    print(f"\npointing game: questions about one object whose map peaks in its box %, {over} (the relevancy map; "
+          f"under it, where the picture's other questions' maps peak, and the last layer's [CLS] attention)")
     print(f"{'':<24}" + "".join(right_aligned(f"{column} ({cell['n']})", 16) for column, cell in zip(columns, cells(
         next(iter(results.values()))[0]))))
     for label, runs in results.items():
-        for name, shown in ((report.MAP_NAMES[0], label), (f"{report.MAP_NAMES[0]}, other questions", "  other questions"),
-                            (report.MAP_NAMES[1], "  mean of the tokens")):
+        for name, shown in ((relevancy, label), (f"{relevancy}, other questions", "  other questions"),
+                            (attention, "  [CLS] attention")):
             print(f"{shown:<24}" + "".join(f"{percent_text(values):>16}" for values in zip(
                 *[[cell[name] for cell in cells(run)] for run in runs])))
     print(f"{'by chance':<24}" + "".join(f"{percent_text([cell['chance']]):>16}" for cell in cells(

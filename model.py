@@ -85,8 +85,8 @@ CONFIGS = {
 
 # -----------------------------------------------------------------------------
 # Attention, written out once. Self-attention when `context` is None, cross-attention otherwise.
-# With keep_probs set, the written-out path runs and the probabilities stay in .probs: the attention maps of
-# predict.py --explain (report.kept_attention) come out of the very modules the model runs.
+# With keep_probs set, the written-out path runs and the probabilities stay in .probs, with their autograd graph:
+# the maps of predict.py --explain (report.py, relevancy.py) come out of the very modules the model runs.
 
 class Attention(nn.Module):
     def __init__(self, width: int, num_heads: int, dropout: float = 0.0, fast: bool = True):
@@ -96,7 +96,7 @@ class Attention(nn.Module):
         self.head_width = width // num_heads
         self.dropout = dropout  # on the attention probabilities (BERT / RoBERTa); 0 in CLIP
         self.fast = fast
-        self.keep_probs = False  # set by report.kept_attention: take the written-out path, keep the probabilities
+        self.keep_probs = False  # set by relevancy.keeping_probabilities: written-out path, probabilities kept
         self.probs = None        # [B, heads, T, S] of the last forward pass while keep_probs is set
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(width, width)
@@ -123,7 +123,7 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
             if self.keep_probs:
-                self.probs = probs.detach()
+                self.probs = probs
             probs = F.dropout(probs, dropout, self.training)
             y = probs @ v  # [B, heads, T, S] @ [B, heads, S, D] -> [B, heads, T, D]
         y = y.transpose(1, 2).reshape(batch, queries, width)  # [B, heads, T, D] -> [B, T, W]

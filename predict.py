@@ -19,10 +19,11 @@ The JSONL input holds one {"image": path relative to --images, "question": str} 
 probability], ...]), or "error" for a question that could not be answered (missing or unreadable
 image, empty question), which is also reported on stderr.
 
---explain writes the picture with the attention of the question's tokens over its patches drawn on it (the
-[CLS] token and the mean of the tokens, last fusion layer, or --layer N); --report reads --questions in any
-VQA layout formats.py knows and writes a self-contained page of the answers with those maps, judged against
-the reference answers when the file has them. Both are drawn by report.py.
+--explain writes the picture with two maps over its patches drawn on it: how much each patch went into the
+answer (relevancy.py, through every layer) and where the question's [CLS] token looks (last fusion layer, or
+--layer N). --report reads --questions in any VQA layout formats.py knows and writes a self-contained page of
+the answers with the relevancy maps, judged against the reference answers when the file has them. Both are
+drawn by report.py.
 """
 
 import argparse
@@ -72,8 +73,8 @@ class Answerer:
         return top_answers
 
     def explain(self, image_path, question, layer, top=5):
-        """(top answers, maps [2, side, side]: where the [CLS] token and the mean of the tokens look) for the
-        layer with index `layer` (report.layer_index)."""
+        """(top answers, maps [2, side, side]: each patch's relevancy to the top answer, and where the [CLS] token
+        looks in the layer with index `layer`, report.layer_index)."""
         self.check([image_path], [question])
         top_answers, maps = report.answer_batch(self.model, self.tokenizer, self.answers, self.max_len, [image_path],
                                                 [question], top, layer, self.dtype)
@@ -153,12 +154,12 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], help="bf16 autocast or plain fp32 (default: bf16 on "
                         "CUDA, fp32 on CPU)")
-    parser.add_argument("--explain", help="with --image: PNG to write the picture to, with where the question looked "
-                        "(text-to-image attention of the [CLS] token and of the mean of the tokens) drawn over it")
-    parser.add_argument("--report", help="with --questions: self-contained HTML page of the answers, attention maps "
+    parser.add_argument("--explain", help="with --image: PNG to write the picture to, with two maps drawn over it: "
+                        "each patch's relevancy to the answer, and the [CLS] token's text-to-image attention")
+    parser.add_argument("--report", help="with --questions: self-contained HTML page of the answers, relevancy maps "
                         "and accuracy per answer type")
-    parser.add_argument("--layer", type=int, help="fusion layer (ViLT: block) whose attention --explain and --report "
-                        "show, 1 = the first (default: the last)")
+    parser.add_argument("--layer", type=int, help="fusion layer (ViLT: block) whose [CLS] attention --explain "
+                        "shows, 1 = the first (default: the last); the relevancy map runs through all of them")
     parser.add_argument("--font", help="TrueType/OpenType font with Hangul for --explain (default: the first of "
                         "report.HANGUL_FONTS found)")
     args = parser.parse_args(argv)

@@ -1,13 +1,16 @@
-"""Where the model looks: attention heatmaps drawn over the picture, and a self-contained HTML page of answers.
+"""Where the model looks: heatmaps drawn over the picture, the pointing game, and a self-contained HTML page of
+answers.
 
 Off the reading path: the machinery behind `predict.py --explain` and `--report`, and finetune.py's
-dev_report.html. A map is the text stream's cross-attention in one co-attention layer (METER, Dou et al.,
-CVPR 2022, §3.2): for the question's tokens, the softmax over the image tokens, averaged over the heads,
-taken from model.py's Attention itself (text_to_image_attention below). For ViLT (Kim et al., ICML 2021) it is
-the text-to-image block of one layer's self-attention. Each question gets two maps: the [CLS] token's row (the
-token the text pooler reads) and the mean of the rows of all its real tokens. Raw attention shows where the
-tokens look, not how much each patch decides the answer (Abnar & Zuidema, ACL 2020, "Quantifying Attention
-Flow in Transformers"): read the maps as a hint, not as a proof.
+dev_report.html. Each question gets two maps over the image patches:
+- the relevancy of each patch to the top answer (relevancy.py: Chefer et al., ICCV 2021), followed through
+  every attention layer of both streams; the map the page, the pointing game and the first panel show;
+- the [CLS] token's raw attention in one layer: for Ko-METER the text stream's cross-attention in a co-attention
+  layer (METER, Dou et al., CVPR 2022, §3.2), the softmax over the image tokens averaged over the heads, taken
+  from model.py's Attention itself (text_to_image_attention below); for ViLT (Kim et al., ICML 2021) the
+  text-to-image block of one layer's self-attention. It shows where one layer looks, not how much each patch
+  decides the answer (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in Transformers").
+Neither is a proof: the pointing game below measures how often a map peaks on the object a question asks about.
 
     python predict.py --ckpt out/finetune_demo/pretrained --image demo_data/images/shapes/shapes_000907.jpg \
         --question "파란색 원은 어디에 있나요?" --explain map.png   # after python finetune.py --demo; 1 s on CPU
@@ -33,15 +36,16 @@ import checkpoints
 import data
 import formats
 import image_files
+import relevancy
 
 EXPLAIN_SIDE = 288     # pixels per panel of an --explain picture: the picture, then its two maps
 MARGIN, GAP = 16, 12   # pixels around and between the panels
 THUMBNAIL_SIDE = 160   # pixels of a thumbnail on the page
 JPEG_QUALITY = 80
-PAGE_MAP = 0           # the map a thumbnail shows: 0 = the [CLS] row, 1 = the mean of the real tokens' rows
-MAP_NAMES = ("[CLS] token", "mean of the tokens")
-# Turbo-like colour map (Mikhailov, 2019, "Turbo, an improved rainbow colormap"): indigo where the tokens look
-# least, through blue, cyan, green and orange, to red where they look most. Evenly spaced stops, linear in between.
+PAGE_MAP = 0           # the map a thumbnail shows: 0 = relevancy to the answer, 1 = the [CLS] token's attention
+MAP_NAMES = ("relevancy to the answer", "[CLS] token's attention")
+# Turbo-like colour map (Mikhailov, 2019, "Turbo, an improved rainbow colormap"): indigo where a map is lowest,
+# through blue, cyan, green and orange, to red where it is highest. Evenly spaced stops, linear in between.
 COLOUR_STOPS = np.array([(48, 18, 59), (70, 117, 237), (27, 207, 212), (97, 252, 108), (254, 185, 56),
                          (215, 38, 4)], dtype=np.float32)
 OPACITY = (0.15, 0.55)  # the map's share of a pixel where it is at its minimum and where it is at its maximum
@@ -63,11 +67,8 @@ HANGUL_FONTS = [
 def kept_attention(attention, run):
     """(run(), the probabilities [B, heads, T, S] that model.Attention `attention` computed during it), then
     back to the fast path."""
-    attention.keep_probs = True
-    try:
+    with relevancy.keeping_probabilities([attention]):
         return run(), attention.probs
-    finally:
-        attention.keep_probs, attention.probs = False, None
 
 
 def text_to_image_attention(model, pixels, input_ids, attention_mask, layer=-1):
@@ -100,30 +101,22 @@ def layer_index(model, number):
 
 
 def describe_layer(model, index):
-    """Which attention the maps of layer index `index` are, in words, for a caption."""
+    """What the two maps are, with the attention's layer index `index`, in words, for a caption."""
     count = layer_count(model)
     if model.cfg.arch == "meter":
-        return (f"text stream's cross-attention to the image, fusion layer {index + 1} of {count}, "
-                f"mean of {model.cfg.fusion_heads} heads")
-    return (f"text-to-image block of ViLT's attention, layer {index + 1} of {count}, "
-            f"mean of {model.cfg.vision_heads} heads")
-
-
-def attention_maps(probs, attention_mask):
-    """Text-to-image probabilities [B, heads, T, 1+N] -> maps [B, 2, side, side]: the [CLS] token's row and the
-    mean of the real tokens' rows, averaged over the heads, on the patch grid (the image's class token left out)."""
-    per_token = probs.float().mean(dim=1)[:, :, 1:]  # [B, heads, T, 1+N] -> [B, T, N]
-    weights = attention_mask.float() / attention_mask.sum(dim=1, keepdim=True)  # [B, T], 0 on padding
-    mean_of_tokens = (weights[:, :, None] * per_token).sum(dim=1)  # [B, T, N] -> [B, N]
-    maps = torch.stack([per_token[:, 0], mean_of_tokens], dim=1)  # [B, 2, N]
-    side = math.isqrt(maps.shape[-1])
-    return maps.reshape(maps.shape[0], 2, side, side)  # [B, 2, N] -> [B, 2, side, side], patches row by row
+        attention = (f"text stream's cross-attention to the image, fusion layer {index + 1} of {count}, "
+                     f"mean of {model.cfg.fusion_heads} heads")
+    else:
+        attention = (f"text-to-image block of ViLT's attention, layer {index + 1} of {count}, "
+                     f"mean of {model.cfg.vision_heads} heads")
+    return f"relevancy: every attention layer, for the top answer (Chefer et al., 2021); attention: {attention}"
 
 
 @torch.no_grad()
 def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions, top=5, layer=None, dtype="fp32"):
-    """(top answers [[(answer, probability), ...] per question], maps [B, 2, side, side] of the layer with index
-    `layer`, or None without one). The inputs must be usable (predict.Answerer.check); the model in eval mode.
+    """(top answers [[(answer, probability), ...] per question], maps [B, 2, side, side], or None without `layer`:
+    the relevancy of each patch to the top answer, and the [CLS] token's attention in the layer with index
+    `layer`). The inputs must be usable (predict.Answerer.check); the model in eval mode.
     Probabilities are the VQA head's sigmoids (it is trained with binary cross-entropy), computed in fp32 even
     under dtype "bf16" (bf16 autocast for the model)."""
     device = next(model.parameters()).device
@@ -132,11 +125,14 @@ def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions
     input_ids, attention_mask = (tensor.to(device) for tensor in tokenizer.encode(questions, max_len))  # [B, T] each
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
         if layer is None:
-            out, maps = model(pixels, input_ids, attention_mask), None
-        else:
-            out, probs = text_to_image_attention(model, pixels, input_ids, attention_mask, layer)
-            maps = attention_maps(probs.float(), attention_mask).cpu()
-        logits = model.vqa_head(out["cls_feats"])
+            logits, maps = model.vqa_head(model(pixels, input_ids, attention_mask)["cls_feats"]), None
+        else:  # two passes: the attention without gradients, then the relevancy with them
+            _, probs = text_to_image_attention(model, pixels, input_ids, attention_mask, layer)
+            logits, relevance = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)  # [B, N]
+            attention = probs.float().mean(dim=1)[:, 0, 1:]  # [B, heads, T, 1+N] -> the [CLS] row over patches [B, N]
+            maps = torch.stack([relevance, attention], dim=1)  # [B, 2, N]
+            side = math.isqrt(maps.shape[-1])
+            maps = maps.reshape(maps.shape[0], 2, side, side).cpu()  # [B, 2, N] -> [B, 2, side, side], row by row
     probabilities = torch.sigmoid(logits.float())  # [B, num_answers]
     values, indices = probabilities.topk(min(top, len(answer_vocab)), dim=-1)  # [B, top]
     top_answers = [[(answer_vocab[index], value) for index, value in zip(row_indices.tolist(), row_values.tolist())]
@@ -207,8 +203,8 @@ def wrapped(draw, text, font, width):
 
 def explain_picture(image_path, question, top_answers, maps, layer_description, font_path=None):
     """The --explain picture: the answer with its probability and the question on top; then the picture as the
-    model sees it, alone and under its two maps ([CLS] and the mean of the tokens), each captioned with the
-    share of the attention its patches get; then the colour scale and the layer."""
+    model sees it, alone and under its two maps (relevancy to the answer, the [CLS] token's attention), each
+    captioned with the least and the most that one patch gets of it; then the colour scale and what the maps are."""
     width = 3 * EXPLAIN_SIDE + 2 * GAP + 2 * MARGIN
     large, small = load_font(24, font_path), load_font(15, font_path)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -221,7 +217,8 @@ def explain_picture(image_path, question, top_answers, maps, layer_description, 
     line_heights = [font.size + 8 for _, font in header]
     panels_top = MARGIN + sum(line_heights) + 4
     scale_top = panels_top + EXPLAIN_SIDE + 2 * (small.size + 6) + 10  # room for two lines of caption
-    canvas = Image.new("RGB", (width, scale_top + 64), "white")
+    footer = wrapped(scratch, layer_description, small, width - 2 * MARGIN)
+    canvas = Image.new("RGB", (width, scale_top + 38 + len(footer) * (small.size + 6)), "white")
     draw = ImageDraw.Draw(canvas)
     y = MARGIN
     for (text, font), height in zip(header, line_heights):
@@ -229,8 +226,8 @@ def explain_picture(image_path, question, top_answers, maps, layer_description, 
         y += height
     picture = model_view(image_path, EXPLAIN_SIDE)
     panels = [(picture, "the picture, as the model sees it")]
-    panels += [(overlay(picture, heat), f"{name}: {100 * heat.min():.2f}% to {100 * heat.max():.2f}% of its "
-                f"attention per patch") for heat, name in zip(maps, MAP_NAMES)]
+    panels += [(overlay(picture, heat), f"{name}: {100 * heat.min():.2f}% to {100 * heat.max():.2f}% of it per patch")
+               for heat, name in zip(maps, MAP_NAMES)]
     for column, (panel, caption) in enumerate(panels):
         left = MARGIN + column * (EXPLAIN_SIDE + GAP)
         canvas.paste(panel, (left, panels_top))
@@ -240,9 +237,10 @@ def explain_picture(image_path, question, top_answers, maps, layer_description, 
     scale = Image.fromarray(colour_map(np.tile(np.linspace(0.0, 1.0, 200), (12, 1))))  # [12, 200] -> [12, 200, 3]
     draw.text((MARGIN, scale_top), "least", fill="black", font=small)
     canvas.paste(scale, (MARGIN + 48, scale_top + 3))
-    draw.text((MARGIN + 256, scale_top), "most attention (each map from its own minimum to its maximum)",
+    draw.text((MARGIN + 256, scale_top), "most (each map from its own minimum to its maximum)",
               fill="black", font=small)
-    draw.text((MARGIN, scale_top + 26), layer_description, fill="dimgray", font=small)
+    for line_number, line in enumerate(footer):
+        draw.text((MARGIN, scale_top + 26 + line_number * (small.size + 6)), line, fill="dimgray", font=small)
     return canvas
 
 
@@ -504,9 +502,9 @@ def write_report(path, model, tokenizer, answer_vocab, max_len, entries, referen
                          "thumbnail": thumbnail(entry["image"], entry_maps[PAGE_MAP], box)})
     pointing_game(rows, peaks, insides)
     model.train(was_training)
-    about = (f"{len(rows)} questions. Each picture is what the model sees, with the attention of the question's "
-             f"{MAP_NAMES[PAGE_MAP]} over the image patches drawn on it ({describe_layer(model, index)}), from "
-             f"indigo where it looks least to red where it looks most. Answers are the VQA head's sigmoid "
+    about = (f"{len(rows)} questions. Each picture is what the model sees, with the {MAP_NAMES[PAGE_MAP]} of each "
+             f"image patch drawn on it (relevancy.py: every attention layer, for the model's top answer), from indigo "
+             f"where it is least to red where it is most. Answers are the VQA head's sigmoid "
              f"probabilities, with bars; bold: the reference answer. Mistakes come first in each answer type. "
              f"Controls: what the words alone score, and the same model shown another picture; the pointing game: how "
              f"often the map peaks on the object a question asks about (outlined in white), against chance.")

@@ -173,8 +173,8 @@ def results_with(accuracy, question_only=0.25):
                             for answer_type in formats.ANSWER_TYPES}}
 
     history = [{"step": step, "accuracy": accuracy, "vqa_score": accuracy} for step in (10, 20, 30)]
-    pointing = {"n": 2, "chance": 0.125, "[CLS] token": accuracy, "mean of the tokens": accuracy / 2,
-                "[CLS] token, other questions": 0.375, "mean of the tokens, other questions": 0.5}
+    pointing = {"n": 2, "chance": 0.125, "relevancy to the answer": accuracy, "[CLS] token's attention": accuracy / 2,
+                "relevancy to the answer, other questions": 0.375, "[CLS] token's attention, other questions": 0.5}
     return {"steps": 30, **scored(accuracy), "history": history, "question_only": scored(question_only),
             "wrong_picture": scored(accuracy / 4), "pointing": {"overall": pointing, "by_type": {"그 외": pointing}}}
 

@@ -16,7 +16,7 @@ LAYERS = [
     ("the model", ["model.py"]),
     ("machinery", ["checkpoints.py", "failures.py", "image_files.py", "tokenizer_files.py", "columns.py",
                    "image_index.py", "formats.py", "check.py", "load_weights.py", "data.py", "shapes_world.py",
-                   "bars_world.py", "demo_data.py", "curves.py", "training.py", "report.py"]),
+                   "bars_world.py", "demo_data.py", "curves.py", "training.py", "relevancy.py", "report.py"]),
     ("the training scripts", ["pretrain_encoders.py", "pretrain.py", "finetune.py"]),
     ("the commands that drive them", ["demo.py", "bench.py", "predict.py"]),
 ]

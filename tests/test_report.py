@@ -133,7 +133,7 @@ def test_a_model_pushed_to_one_patch_shows_it_there(demo_set, tmp_path):
     for layer in (0, cfg.fusion_layers - 1):
         _, maps = report.answer_batch(model, tokenizer, ["예", "아니오"], 16, [str(image_path)], ["원이 있나요?"], layer=layer)
         assert maps.shape == (1, 2, SIDE, SIDE)
-        for heat in maps[0]:  # [CLS] and the mean of the tokens
+        for heat in maps[0]:  # the relevancy to the answer and the [CLS] token's attention
             assert divmod(int(heat.argmax()), SIDE) == HOT_PATCH and heat.max() > 0.99
     drawn = np.asarray(report.overlay(report.model_view(str(image_path), report.EXPLAIN_SIDE), maps[0, 0]), dtype=float)
     redness = drawn[:, :, 0] - drawn[:, :, 2]
@@ -171,7 +171,7 @@ def test_pointing_game_hits_the_box_the_map_peaks_in(demo_set, tmp_path):
     assert rows[1]["pointing"] == {"hits": [False, False], "chance": 16 / 64, "other questions": [0.0, 0.0]}
     assert rows[2]["pointing"] is None
     results = report.pointing_results(rows)
-    assert results["overall"]["n"] == 2 and results["overall"]["[CLS] token"] == 0.5
+    assert results["overall"]["n"] == 2 and results["overall"]["relevancy to the answer"] == 0.5
     assert results["overall"]["chance"] == pytest.approx((2 / 64 + 16 / 64) / 2)
     assert list(results["by_type"]) == ["예/아니오"]
     text, _ = read_page(tmp_path / "page.html")

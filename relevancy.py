@@ -1,0 +1,122 @@
+"""Which image patches an answer depends on: the relevancy map of Chefer, Gur & Wolf (ICCV 2021, "Generic
+Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", §3).
+
+Off the reading path: the first map of `predict.py --explain`, of dev_report.html and of the pointing game
+(report.py draws and scores it). A raw attention map shows where one layer's tokens look; the answer is made
+by every layer, through the residual connections and the other stream. Relevancy follows it through all of them:
+each attention layer's probabilities A are weighted by the gradient of the answer's logit with respect to them,
+the positive part kept and the heads averaged,
+
+    Abar = mean over heads of max(0, dlogit/dA * A)                       [B, T, S] per attention layer
+
+and relevance matrices start as the identity (each token is its own source) and grow layer by layer:
+
+    self-attention of stream s:        R_ss += Abar R_ss     R_sq += Abar R_sq
+    s attends to the other stream q:   R_sq += norm(R_ss)^T Abar norm(R_qq)     R_ss += Abar R_qs
+
+where norm(R) takes the identity out, scales each row to sum 1 and puts the identity back (the paper's eq. 8-9:
+without it the self-relevance of the residual path drowns the cross-modal one). R_ti then says how much each
+image token went into each text token. METER's answer reads two tokens, the text [CLS] and the image class
+token (model.Meter.fuse's poolers), so the map is the sum of their rows over the patches, R_ti[text CLS] +
+R_ii[image CLS]. ViLT is one stream: R over all its tokens, the pooled token's row over the patches.
+
+    python -m pytest -q tests/test_relevancy.py   # a few seconds on CPU
+
+Choices where the paper is silent:
+- The map explains the top answer (the paper's default), computed in one backward pass for the whole batch:
+  the samples do not mix, so the sum of their logits has each sample's gradient.
+- The co-attention layers of Ko-METER run the two streams in parallel (each reads the other's output of the
+  previous layer, model.Meter.fuse); the cross-attention rules therefore read the other stream's relevance of
+  the previous layer, and the own stream's after this layer's self-attention.
+- The unimodal encoders' self-attention layers are walked first, as the paper does for LXMERT's.
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+from model import Attention
+
+
+@contextmanager
+def keeping_probabilities(modules):
+    """Every model.Attention in `modules` takes the written-out path and keeps its probabilities in .probs (with
+    their autograd graph) while the block runs; afterwards they are back on the fast path."""
+    for attention in modules:
+        attention.keep_probs = True
+    try:
+        yield
+    finally:
+        for attention in modules:
+            attention.keep_probs, attention.probs = False, None
+
+
+def gradient_weighted(probs, grad):
+    """Abar of one attention layer: probabilities and their gradient [B, heads, T, S] -> [B, T, S] (the paper's
+    eq. 5)."""
+    return (grad * probs).clamp(min=0).mean(dim=1).float()
+
+
+def without_self(relevance):
+    """norm(R) of the paper's eq. 8-9: R - I with each row scaled to sum 1, plus I. [B, N, N] -> [B, N, N]. A row
+    with nothing but itself (all zeros after taking I out) stays the identity row."""
+    identity = torch.eye(relevance.shape[-1], device=relevance.device)
+    others = relevance - identity
+    return others / others.sum(dim=-1, keepdim=True).clamp(min=1e-12) + identity
+
+
+def self_attention_rule(weighted, r_ss, r_sq):
+    """Stream s attends to itself: (R_ss, R_sq) after it (the paper's eq. 6-7)."""
+    return r_ss + weighted @ r_ss, r_sq + weighted @ r_sq
+
+
+def cross_attention_rule(weighted, r_ss, r_sq, r_qs, r_qq):
+    """Stream s attends to stream q (weighted [B, S_s, S_q]): (R_ss, R_sq) after it (the paper's eq. 10-11)."""
+    r_sq = r_sq + without_self(r_ss).transpose(1, 2) @ weighted @ without_self(r_qq)
+    return r_ss + weighted @ r_qs, r_sq
+
+
+def meter_relevance(model, weighted, batch, text_tokens, image_tokens, device):
+    """(R_ti [B, T, 1+N], R_ii [B, 1+N, 1+N]) of a Ko-METER; weighted: {model.Attention: its Abar}."""
+    r_tt = torch.eye(text_tokens, device=device).repeat(batch, 1, 1)
+    r_ii = torch.eye(image_tokens, device=device).repeat(batch, 1, 1)
+    r_ti = torch.zeros(batch, text_tokens, image_tokens, device=device)
+    r_it = torch.zeros(batch, image_tokens, text_tokens, device=device)
+    for layer in model.text.layers:
+        r_tt, r_ti = self_attention_rule(weighted[layer.self_attention], r_tt, r_ti)
+    for block in model.vision.blocks:
+        r_ii, r_it = self_attention_rule(weighted[block.attention], r_ii, r_it)
+    for text_layer, image_layer in zip(model.text_layers, model.image_layers):
+        previous_tt, previous_ti, previous_it, previous_ii = r_tt, r_ti, r_it, r_ii  # what the cross-attentions read
+        r_tt, r_ti = self_attention_rule(weighted[text_layer.self_attention], r_tt, r_ti)
+        r_ii, r_it = self_attention_rule(weighted[image_layer.self_attention], r_ii, r_it)
+        r_tt, r_ti = cross_attention_rule(weighted[text_layer.cross_attention], r_tt, r_ti, previous_it, previous_ii)
+        r_ii, r_it = cross_attention_rule(weighted[image_layer.cross_attention], r_ii, r_it, previous_ti, previous_tt)
+    return r_ti, r_ii
+
+
+def relevancy_maps(model, pixels, input_ids, attention_mask):
+    """(VQA logits [B, num_answers], relevancy [B, N]: how much each patch went into the top answer, as shares that
+    sum to 1 over the patches). The model must have a VQA head; runs with gradients whatever the caller's mode,
+    and leaves no gradient on the parameters."""
+    attentions = [module for module in model.modules() if isinstance(module, Attention)]
+    batch, text_tokens = input_ids.shape
+    with torch.enable_grad(), keeping_probabilities(attentions):
+        logits = model.vqa_head(model(pixels, input_ids, attention_mask)["cls_feats"])  # [B, num_answers]
+        top_logits = logits.gather(1, logits.argmax(dim=1, keepdim=True))  # [B, 1]
+        probs = [attention.probs for attention in attentions]
+        grads = torch.autograd.grad(top_logits.sum(), probs, allow_unused=True)  # None: no path to the answer
+    weighted = {attention: gradient_weighted(p.detach(), torch.zeros_like(p) if g is None else g)
+                for attention, p, g in zip(attentions, probs, grads)}
+    if model.cfg.arch == "meter":
+        image_tokens = weighted[model.text_layers[0].cross_attention].shape[-1]  # 1 + N
+        r_ti, r_ii = meter_relevance(model, weighted, batch, text_tokens, image_tokens, pixels.device)
+        relevance = r_ti[:, 0, 1:] + r_ii[:, 0, 1:]  # the two pooled tokens' rows over the patches: [B, N]
+    else:
+        tokens = weighted[model.blocks[0].attention].shape[-1]  # T + 1 + N
+        r = torch.eye(tokens, device=pixels.device).repeat(batch, 1, 1)
+        for block in model.blocks:
+            r = r + weighted[block.attention] @ r  # the self-attention rule; one stream, so R is all of it
+        relevance = r[:, 0, text_tokens + 1:]  # the pooled token's row over the patches: [B, N]
+    shares = relevance / relevance.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return logits.detach(), shares
