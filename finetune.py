@@ -18,7 +18,7 @@ Without --pretrained, --clip/--text give the paper's "without pretraining" run (
 every weight starts random). --pretrained builds the model its checkpoint holds (load_weights.load_meter) and --image-size resizes
 its position embeddings. --out receives the checkpoint, answers.json (index = class), best/, results.json,
 dev_predictions.jsonl, metrics.jsonl, curves.png and dev_report.html (report.py: every dev question with its
-answers and where the model looked, for the final model; a run stopped by a signal leaves none). results.json
+answers and the relevancy map of each, for the final model; a run stopped by a signal leaves none). results.json
 also gets the controls that show whether answers come from the picture: "question_only" (the words alone),
 "wrong_picture" (each question shown another dev picture) and "pointing" (the pointing game, --dev-objects).
 
@@ -81,7 +81,7 @@ def parse_args(argv=None):
     training.add_encoder_flags(parser, "without --pretrained: ")
     parser.add_argument("--dev-objects", help="JSON {question id: [left, top, right, bottom]}: the one object each of "
                         "these dev questions asks about, in pixels of its picture; the pointing game of results.json "
-                        "and dev_report.html counts how often the attention maps peak inside (with --demo: the demo's)")
+                        "and dev_report.html counts how often the maps peak inside (with --demo: the demo's)")
     parser.add_argument("--answers", type=int, default=3811,
                         help="answer classes: the most frequent training answers (default: 3811, the paper's)")
     parser.add_argument("--augment", choices=sorted(AUGMENT_OPERATIONS),

@@ -10,7 +10,7 @@ independent yes/no per answer, so they need not add up to 1.
     python predict.py --ckpt out/finetune_demo/pretrained --questions questions.jsonl --images demo_data/images \
         --out answers.jsonl
     python predict.py --ckpt out/finetune_demo/pretrained --image demo_data/images/shapes/shapes_000907.jpg \
-        --question "파란색 원은 어디에 있나요?" --explain map.png     # where the question looked (report.py)
+        --question "파란색 원은 어디에 있나요?" --explain map.png     # what the answer drew on (report.py)
     python predict.py --ckpt out/finetune_demo/pretrained --questions demo_data/vqa_dev.json \
         --images demo_data/images --report report.html             # one HTML page: answers, maps, accuracy by type
 
@@ -204,7 +204,7 @@ def main(argv=None):
             picture = report.explain_picture(args.image, args.question, top_answers, maps,
                                              report.describe_layer(answerer.model, layer), args.font)
             picture.save(args.explain)
-            print(f"where the question looked: {args.explain}")
+            print(f"the picture with its two maps: {args.explain}")
     except Exception as error:  # bad input, a damaged checkpoint, or anything else: one line (failures.py)
         sys.exit(f"error: {failures.describe(error)}")
 

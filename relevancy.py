@@ -1,34 +1,41 @@
 """Which image patches an answer depends on: the relevancy map of Chefer, Gur & Wolf (ICCV 2021, "Generic
 Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", §3).
 
-Off the reading path: the first map of `predict.py --explain`, of dev_report.html and of the pointing game
-(report.py draws and scores it). A raw attention map shows where one layer's tokens look; the answer is made
-by every layer, through the residual connections and the other stream. Relevancy follows it through all of them:
-each attention layer's probabilities A are weighted by the gradient of the answer's logit with respect to them,
-the positive part kept and the heads averaged,
+Off the reading path: the first of the two maps of `predict.py --explain`, the map of dev_report.html, and
+the one the pointing game reports first (report.py draws and scores it). A raw attention map shows where one
+layer's tokens look; the answer is made by every layer, through the residual connections and the other stream.
+Relevancy follows it through every attention layer (the feed-forward layers and norms count only through the
+gradients below). Each attention layer's probabilities A [B, heads, queries, keys] are weighted by the gradient
+of the top answer's logit with respect to them (⊙: elementwise), the positive part kept and the heads averaged:
 
-    Abar = mean over heads of max(0, dlogit/dA * A)                       [B, T, S] per attention layer
+    Abar = mean over heads of max(0, dlogit/dA ⊙ A)                    [B, queries, keys], one per attention layer
 
-and relevance matrices start as the identity (each token is its own source) and grow layer by layer:
+A relevance matrix R_xy [B, tokens of x, tokens of y] says how much each token of stream y (t: text, i: image)
+has gone into each token of stream x so far. They start as the identity (R_tt, R_ii: each token is its own
+source) and zero (R_ti, R_it), and each attention layer adds to them, the "+=" standing for the layer's
+residual connection (products are matrix products):
 
     self-attention of stream s:        R_ss += Abar R_ss     R_sq += Abar R_sq
     s attends to the other stream q:   R_sq += norm(R_ss)^T Abar norm(R_qq)     R_ss += Abar R_qs
 
 where norm(R) takes the identity out, scales each row to sum 1 and puts the identity back (the paper's eq. 8-9:
-without it the self-relevance of the residual path drowns the cross-modal one). R_ti then says how much each
-image token went into each text token. METER's answer reads two tokens, the text [CLS] and the image class
-token (model.Meter.fuse's poolers), so the map is the sum of their rows over the patches, R_ti[text CLS] +
-R_ii[image CLS]. ViLT is one stream: R over all its tokens, the pooled token's row over the patches.
+without it the self-relevance of the residual path drowns the cross-modal one). The unimodal encoders' layers
+come first (the paper does the same for LXMERT's), then the co-attention layers. At the end R_ti says how much
+each image token went into each text token. METER's answer reads two tokens, the text [CLS] and the image class
+token (model.Meter.fuse's poolers, concatenated), so the map is R_ti's text [CLS] row plus R_ii's image
+class-token row, over the patches, as shares that sum to 1. ViLT is one stream: R over all its tokens, the
+pooled token's row over the patches.
 
     python -m pytest -q tests/test_relevancy.py   # a few seconds on CPU
 
 Choices where the paper is silent:
+- Both pooled tokens' rows are added as they are, neither rescaled: the head reads both, and each row is that
+  token's relevance to the same patches (the paper's LXMERT pools only the text [CLS]).
 - The map explains the top answer (the paper's default), computed in one backward pass for the whole batch:
   the samples do not mix, so the sum of their logits has each sample's gradient.
 - The co-attention layers of Ko-METER run the two streams in parallel (each reads the other's output of the
   previous layer, model.Meter.fuse); the cross-attention rules therefore read the other stream's relevance of
   the previous layer, and the own stream's after this layer's self-attention.
-- The unimodal encoders' self-attention layers are walked first, as the paper does for LXMERT's.
 """
 
 from contextlib import contextmanager
@@ -52,12 +59,12 @@ def keeping_probabilities(modules):
 
 
 def gradient_weighted(probs, grad):
-    """Abar of one attention layer: probabilities and their gradient [B, heads, T, S] -> [B, T, S] (the paper's
-    eq. 5)."""
+    """Abar of one attention layer: probabilities and their gradient [B, heads, queries, keys] -> [B, queries, keys]
+    (the paper's eq. 5)."""
     return (grad * probs).clamp(min=0).mean(dim=1).float()
 
 
-def without_self(relevance):
+def normalised(relevance):
     """norm(R) of the paper's eq. 8-9: R - I with each row scaled to sum 1, plus I. [B, N, N] -> [B, N, N]. A row
     with nothing but itself (all zeros after taking I out) stays the identity row."""
     identity = torch.eye(relevance.shape[-1], device=relevance.device)
@@ -71,8 +78,9 @@ def self_attention_rule(weighted, r_ss, r_sq):
 
 
 def cross_attention_rule(weighted, r_ss, r_sq, r_qs, r_qq):
-    """Stream s attends to stream q (weighted [B, S_s, S_q]): (R_ss, R_sq) after it (the paper's eq. 10-11)."""
-    r_sq = r_sq + without_self(r_ss).transpose(1, 2) @ weighted @ without_self(r_qq)
+    """Stream s attends to stream q (weighted [B, tokens of s, tokens of q]): (R_ss, R_sq) after it (the paper's
+    eq. 10-11)."""
+    r_sq = r_sq + normalised(r_ss).transpose(1, 2) @ weighted @ normalised(r_qq)
     return r_ss + weighted @ r_qs, r_sq
 
 
@@ -82,11 +90,11 @@ def meter_relevance(model, weighted, batch, text_tokens, image_tokens, device):
     r_ii = torch.eye(image_tokens, device=device).repeat(batch, 1, 1)
     r_ti = torch.zeros(batch, text_tokens, image_tokens, device=device)
     r_it = torch.zeros(batch, image_tokens, text_tokens, device=device)
-    for layer in model.text.layers:
+    for layer in model.text.layers:  # the text encoder (RoBERTa)
         r_tt, r_ti = self_attention_rule(weighted[layer.self_attention], r_tt, r_ti)
-    for block in model.vision.blocks:
+    for block in model.vision.blocks:  # the image encoder (CLIP)
         r_ii, r_it = self_attention_rule(weighted[block.attention], r_ii, r_it)
-    for text_layer, image_layer in zip(model.text_layers, model.image_layers):
+    for text_layer, image_layer in zip(model.text_layers, model.image_layers):  # the co-attention layer pairs
         previous_tt, previous_ti, previous_it, previous_ii = r_tt, r_ti, r_it, r_ii  # what the cross-attentions read
         r_tt, r_ti = self_attention_rule(weighted[text_layer.self_attention], r_tt, r_ti)
         r_ii, r_it = self_attention_rule(weighted[image_layer.self_attention], r_ii, r_it)
@@ -97,7 +105,7 @@ def meter_relevance(model, weighted, batch, text_tokens, image_tokens, device):
 
 def relevancy_maps(model, pixels, input_ids, attention_mask):
     """(VQA logits [B, num_answers], relevancy [B, N]: how much each patch went into the top answer, as shares that
-    sum to 1 over the patches). The model must have a VQA head; runs with gradients whatever the caller's mode,
+    sum to 1 over the patches). The model must have a VQA head; runs with gradients even under torch.no_grad,
     and leaves no gradient on the parameters."""
     attentions = [module for module in model.modules() if isinstance(module, Attention)]
     batch, text_tokens = input_ids.shape
@@ -105,9 +113,8 @@ def relevancy_maps(model, pixels, input_ids, attention_mask):
         logits = model.vqa_head(model(pixels, input_ids, attention_mask)["cls_feats"])  # [B, num_answers]
         top_logits = logits.gather(1, logits.argmax(dim=1, keepdim=True))  # [B, 1]
         probs = [attention.probs for attention in attentions]
-        grads = torch.autograd.grad(top_logits.sum(), probs, allow_unused=True)  # None: no path to the answer
-    weighted = {attention: gradient_weighted(p.detach(), torch.zeros_like(p) if g is None else g)
-                for attention, p, g in zip(attentions, probs, grads)}
+        grads = torch.autograd.grad(top_logits.sum(), probs)  # every attention layer has a path to the answer
+    weighted = {attention: gradient_weighted(p.detach(), g) for attention, p, g in zip(attentions, probs, grads)}
     if model.cfg.arch == "meter":
         image_tokens = weighted[model.text_layers[0].cross_attention].shape[-1]  # 1 + N
         r_ti, r_ii = meter_relevance(model, weighted, batch, text_tokens, image_tokens, pixels.device)

@@ -4,7 +4,7 @@ answers.
 Off the reading path: the machinery behind `predict.py --explain` and `--report`, and finetune.py's
 dev_report.html. Each question gets two maps over the image patches:
 - the relevancy of each patch to the top answer (relevancy.py: Chefer et al., ICCV 2021), followed through
-  every attention layer of both streams; the map the page, the pointing game and the first panel show;
+  every attention layer of both streams: the first map, the one the page draws and the pointing game reports first;
 - the [CLS] token's raw attention in one layer: for Ko-METER the text stream's cross-attention in a co-attention
   layer (METER, Dou et al., CVPR 2022, §3.2), the softmax over the image tokens averaged over the heads, taken
   from model.py's Attention itself (text_to_image_attention below); for ViLT (Kim et al., ICML 2021) the
@@ -104,7 +104,7 @@ def describe_layer(model, index):
     """What the two maps are, with the attention's layer index `index`, in words, for a caption."""
     count = layer_count(model)
     if model.cfg.arch == "meter":
-        attention = (f"text stream's cross-attention to the image, fusion layer {index + 1} of {count}, "
+        attention = (f"text stream's cross-attention to the image, co-attention layer {index + 1} of {count}, "
                      f"mean of {model.cfg.fusion_heads} heads")
     else:
         attention = (f"text-to-image block of ViLT's attention, layer {index + 1} of {count}, "
@@ -113,10 +113,13 @@ def describe_layer(model, index):
 
 
 @torch.no_grad()
-def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions, top=5, layer=None, dtype="fp32"):
-    """(top answers [[(answer, probability), ...] per question], maps [B, 2, side, side], or None without `layer`:
-    the relevancy of each patch to the top answer, and the [CLS] token's attention in the layer with index
-    `layer`). The inputs must be usable (predict.Answerer.check); the model in eval mode.
+def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions, top=5, attention_layer=None,
+                 dtype="fp32"):
+    """(top answers [[(answer, probability), ...] per question], maps [B, 2, side, side], or None when
+    attention_layer is None: the relevancy of each patch to the top answer (shares of the patches' total), and the
+    [CLS] token's attention in the layer with index attention_layer (layer_index; its share per patch of the
+    token's whole row, which also reaches the image's class token, and for ViLT the text tokens)). The inputs
+    must be usable (predict.Answerer.check); the model in eval mode.
     Probabilities are the VQA head's sigmoids (it is trained with binary cross-entropy), computed in fp32 even
     under dtype "bf16" (bf16 autocast for the model)."""
     device = next(model.parameters()).device
@@ -124,10 +127,10 @@ def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions
     pixels = pixels.to(device)
     input_ids, attention_mask = (tensor.to(device) for tensor in tokenizer.encode(questions, max_len))  # [B, T] each
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        if layer is None:
+        if attention_layer is None:
             logits, maps = model.vqa_head(model(pixels, input_ids, attention_mask)["cls_feats"]), None
         else:  # two passes: the attention without gradients, then the relevancy with them
-            _, probs = text_to_image_attention(model, pixels, input_ids, attention_mask, layer)
+            _, probs = text_to_image_attention(model, pixels, input_ids, attention_mask, attention_layer)
             logits, relevance = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)  # [B, N]
             attention = probs.float().mean(dim=1)[:, 0, 1:]  # [B, heads, T, 1+N] -> the [CLS] row over patches [B, N]
             maps = torch.stack([relevance, attention], dim=1)  # [B, 2, N]
@@ -204,7 +207,8 @@ def wrapped(draw, text, font, width):
 def explain_picture(image_path, question, top_answers, maps, layer_description, font_path=None):
     """The --explain picture: the answer with its probability and the question on top; then the picture as the
     model sees it, alone and under its two maps (relevancy to the answer, the [CLS] token's attention), each
-    captioned with the least and the most that one patch gets of it; then the colour scale and what the maps are."""
+    captioned with the least and the most that one patch gets of it (answer_batch says of what) and coloured from
+    its own minimum to its own maximum; then the colour scale and what the maps are."""
     width = 3 * EXPLAIN_SIDE + 2 * GAP + 2 * MARGIN
     large, small = load_font(24, font_path), load_font(15, font_path)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -316,9 +320,10 @@ def patches_inside(box, size, side):
 def pointing_game(rows, peaks, insides):
     """The pointing game (Zhang et al., ECCV 2016, "Top-down neural attention by excitation backprop") of each row
     that asks about one object, into row["pointing"]: "hits", one per map, whether the patch where the map peaks
-    lies inside the object's box; "chance", the share of patches that do (the hit rate of a map that peaks
-    anywhere); "other questions", one per map, how often the maps of the picture's other questions peak there
-    (None without any): a map drawn to whatever stands out in the picture, not to what is asked, scores that.
+    lies inside the object's box; "chance", the share of patches that do (the hit rate of a map that peaks at a
+    patch drawn at random); "other questions", one per map, how often the maps of the picture's other questions
+    peak there (None without any). A map drawn to whatever stands out in the picture, whatever is asked, hits
+    as often for the other questions as for its own: only a map that follows the question hits more often.
     peaks: [rows][maps] the flat index of each map's peak; insides: {row index: patches_inside of its box}."""
     rows_of_image = {}
     for index, row in enumerate(rows):
@@ -336,8 +341,8 @@ def pointing_game(rows, peaks, insides):
 
 def pointing_results(rows):
     """The pointing game over the rows that ask about one object: n, the chance level, and for each map the share
-    of hits and the hit rate of the picture's other questions, overall and per answer type (types with such
-    questions only)."""
+    of hits and the hit rate of the picture's other questions (over the rows whose picture has other questions),
+    overall and per answer type (types with such questions only)."""
     def summary(group):
         compared = [row for row in group if row["pointing"]["other questions"] is not None]
         return {"n": len(group), "chance": sum(row["pointing"]["chance"] for row in group) / max(len(group), 1),
@@ -409,7 +414,7 @@ def card_html(row):
         for answer, probability in row["top"])
     return (f'<div class="card {verdict_class}" data-question-id="{html.escape(str(row["question_id"]))}" '
             f'data-answer-type="{html.escape(row["answer_type"])}">'
-            f'<img src="data:image/jpeg;base64,{row["thumbnail"]}" alt="attention over the picture">'
+            f'<img src="data:image/jpeg;base64,{row["thumbnail"]}" alt="the map over the picture">'
             f'<p class="question">{html.escape(row["question"])}</p><p class="verdict">{verdict}</p>'
             f'<ol class="top">{answers}</ol><p class="id">{html.escape(os.path.basename(row["image"]))}</p></div>')
 
@@ -503,11 +508,12 @@ def write_report(path, model, tokenizer, answer_vocab, max_len, entries, referen
     pointing_game(rows, peaks, insides)
     model.train(was_training)
     about = (f"{len(rows)} questions. Each picture is what the model sees, with the {MAP_NAMES[PAGE_MAP]} of each "
-             f"image patch drawn on it (relevancy.py: every attention layer, for the model's top answer), from indigo "
-             f"where it is least to red where it is most. Answers are the VQA head's sigmoid "
-             f"probabilities, with bars; bold: the reference answer. Mistakes come first in each answer type. "
+             f"image patch drawn on it, from indigo where it is least to red where it is most. Answers are the VQA "
+             f"head's sigmoid probabilities, with bars; bold: the reference answer. Mistakes come first in each "
+             f"answer type. "
              f"Controls: what the words alone score, and the same model shown another picture; the pointing game: how "
-             f"often the map peaks on the object a question asks about (outlined in white), against chance.")
+             f"often each map ({describe_layer(model, index)}) peaks on the object a question asks about (outlined "
+             f"in white), against chance and against the maps of the picture's other questions.")
     with checkpoints.atomic_write(path) as file:
         file.write(page_html(rows, title, about, controls))
     return rows

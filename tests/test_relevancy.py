@@ -1,6 +1,7 @@
 """Tests of relevancy.py, the map of `predict.py --explain`, the dev report and the pointing game (CPU, seconds).
 The rules against numbers worked out by hand; the whole map of a one-block ViLT and of a one-layer Ko-METER against
-the paper's formulas written out here from the gradients autograd gives. Each test names the slip it catches.
+the paper's formulas, worked through for that one layer and written out here from the gradients autograd gives.
+Each test names the slip it catches.
 
     python -m pytest -q tests/test_relevancy.py
 """
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import relevancy
-from model import CONFIGS, build_model
+from model import CONFIGS, Attention, build_model
 
 TEXT = torch.tensor([[0, 5, 6, 7, 2], [0, 9, 2, 1, 1]])  # KLUE's ids: [CLS] = 0, [SEP] = 2, [PAD] = 1
 
@@ -50,11 +51,11 @@ def weighted(pair):
     return torch.relu(grad * probs).mean(dim=1)
 
 
-def test_without_self_by_hand():
+def test_normalised_by_hand():
     """Catches normalising R instead of R - I, and forgetting to put the identity back."""
     r = torch.tensor([[[2.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 3.0, 1.0]]])
     expected = torch.tensor([[[4 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 0.0], [0.0, 1.0, 1.0]]])  # the middle row: only itself
-    torch.testing.assert_close(relevancy.without_self(r), expected)
+    torch.testing.assert_close(relevancy.normalised(r), expected)
 
 
 def test_cross_attention_rule_by_hand():
@@ -83,12 +84,13 @@ def test_one_block_vilt_map_is_the_pooled_tokens_weighted_attention():
 
 
 def test_one_layer_meter_map_by_the_papers_rules():
-    """Ko-METER without encoder layers and with one co-attention pair, worked through the rules by hand:
+    """Ko-METER without encoder layers and with one co-attention pair, worked through the rules on paper:
     after the self-attentions R_tt = I + S_t, R_ii = I + S_i (R_ti = R_it = 0); the text cross-attention adds
     norm(I + S_t)^T C_t to R_ti; the image cross-attention reads the text's R_ti of the layer before, zero, so
     R_ii stays I + S_i. The map: R_ti's text [CLS] row plus R_ii's image class-token row, over the patches.
     Catches the image stream reading the text's relevance after this layer's update (the streams run in
     parallel), a missing image class-token row (METER pools both streams) and a missing transpose."""
+    # vision_layers, text_layers: the CLIP and RoBERTa depths; fusion_layers: the co-attention pairs
     cfg = replace(CONFIGS["tiny"], vision_layers=0, text_layers=0, fusion_layers=1, num_answers=5)
     model = scrambled(cfg)
     pixels, input_ids, attention_mask = inputs(cfg)
@@ -119,4 +121,5 @@ def test_relevancy_leaves_the_model_as_it_was(arch):
     assert shares.shape == (2, cfg.num_patches) and torch.isfinite(shares).all()
     torch.testing.assert_close(shares.sum(dim=1), torch.ones(2))
     assert all(parameter.grad is None for parameter in model.parameters())
-    assert all(not module.keep_probs and module.probs is None for module in model.modules() if hasattr(module, "keep_probs"))
+    attentions = [module for module in model.modules() if isinstance(module, Attention)]
+    assert all(not attention.keep_probs and attention.probs is None for attention in attentions)

@@ -131,7 +131,8 @@ def test_a_model_pushed_to_one_patch_shows_it_there(demo_set, tmp_path):
     Image.fromarray(picture).save(image_path)
     tokenizer = data.Tokenizer.load(demo_set["tokenizer"])
     for layer in (0, cfg.fusion_layers - 1):
-        _, maps = report.answer_batch(model, tokenizer, ["예", "아니오"], 16, [str(image_path)], ["원이 있나요?"], layer=layer)
+        _, maps = report.answer_batch(model, tokenizer, ["예", "아니오"], 16, [str(image_path)], ["원이 있나요?"],
+                                      attention_layer=layer)
         assert maps.shape == (1, 2, SIDE, SIDE)
         for heat in maps[0]:  # the relevancy to the answer and the [CLS] token's attention
             assert divmod(int(heat.argmax()), SIDE) == HOT_PATCH and heat.max() > 0.99
@@ -279,7 +280,7 @@ def test_explain_for_vilt_and_bad_input_in_one_line(finetuned, demo_set, tmp_pat
     explained = tmp_path / "vilt_map.png"
     predict.main(["--ckpt", str(vilt_folder), "--image", entry["image"], "--question", entry["question"],
                   "--explain", str(explained), "--layer", "4"])
-    assert "where the question looked" in capsys.readouterr().out and explained.is_file()
+    assert "the picture with its two maps" in capsys.readouterr().out and explained.is_file()
     for checkpoint, image, question, layer, expected in [
             (finetuned, str(tmp_path / "missing.jpg"), "몇 개인가요?", "2", "image not found"),
             (finetuned, entry["image"], " ", "2", "question is empty"),
