@@ -307,24 +307,25 @@ def view_of(size, side):
     return (width - short) / 2, (height - short) / 2, short / side
 
 
-def patches_inside(box, size, side):
-    """[side * side] bool, the patches row by row: those of the model's view whose centre lies inside box [left,
-    top, right, bottom], in pixels of a picture of size (width, height)."""
+def patches_under(box, size, side):
+    """[side * side] bool, the patches row by row: those of the model's view that overlap box [left, top, right,
+    bottom], in pixels of a picture of size (width, height). Overlap, not the patch's centre: a box narrower than
+    a patch (a thin bar, a bottle) may hold no patch centre, and then no map could ever point at it."""
     left, top, scale = view_of(size, side)
-    centres = (torch.arange(side, dtype=torch.float32) + 0.5) * scale  # [side], view -> picture pixels
-    across = (left + centres >= box[0]) & (left + centres <= box[2])  # [side] columns inside
-    down = (top + centres >= box[1]) & (top + centres <= box[3])  # [side] rows inside
+    edges = torch.arange(side + 1, dtype=torch.float32) * scale  # [side + 1] patch edges, view -> picture pixels
+    across = (left + edges[:-1] < box[2]) & (left + edges[1:] > box[0])  # [side] columns overlapping the box
+    down = (top + edges[:-1] < box[3]) & (top + edges[1:] > box[1])  # [side] rows overlapping the box
     return (down[:, None] & across[None, :]).flatten()  # [side, side] -> [side * side]
 
 
 def pointing_game(rows, peaks, insides):
     """The pointing game (Zhang et al., ECCV 2016, "Top-down neural attention by excitation backprop") of each row
     that asks about one object, into row["pointing"]: "hits", one per map, whether the patch where the map peaks
-    lies inside the object's box; "chance", the share of patches that do (the hit rate of a map that peaks at a
-    patch drawn at random); "other questions", one per map, how often the maps of the picture's other questions
+    lies over the object's box (patches_under); "chance", the share of patches that do (the hit rate of a map
+    that peaks at a patch drawn at random); "other questions", one per map, how often the maps of the picture's other questions
     peak there (None without any). A map drawn to whatever stands out in the picture, whatever is asked, hits
     as often for the other questions as for its own: only a map that follows the question hits more often.
-    peaks: [rows][maps] the flat index of each map's peak; insides: {row index: patches_inside of its box}."""
+    peaks: [rows][maps] the flat index of each map's peak; insides: {row index: patches_under its box}."""
     rows_of_image = {}
     for index, row in enumerate(rows):
         rows_of_image.setdefault(row["image"], []).append(index)
@@ -499,7 +500,7 @@ def write_report(path, model, tokenizer, answer_vocab, max_len, entries, referen
             box = (objects or {}).get(str(entry["question_id"]))
             if box is not None:
                 with Image.open(entry["image"]) as picture:
-                    insides[len(rows)] = patches_inside(box, picture.size, entry_maps.shape[-1])
+                    insides[len(rows)] = patches_under(box, picture.size, entry_maps.shape[-1])
             peaks.append(entry_maps.flatten(1).argmax(dim=1).tolist())  # [maps, side, side] -> [maps]
             rows.append({"question_id": entry["question_id"], "question": entry["question"], "image": entry["image"],
                          "answer_type": entry["answer_type"], "reference": reference, "top": answers,

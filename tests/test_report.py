@@ -179,12 +179,19 @@ def test_pointing_game_hits_the_box_the_map_peaks_in(demo_set, tmp_path):
     assert "pointing game" in text and "peaks in the object" in text and "peaks outside the object" in text
 
 
-def test_patches_inside_follow_the_center_crop():
-    """A wide picture is seen through its center square: a box on the crop's first column of patches holds their
-    centres, one left of the crop holds none."""
-    inside = report.patches_inside([32, 0, 40, 64], (128, 64), 8)  # the crop spans x 32..96, 8 px per patch
-    assert inside.reshape(8, 8)[:, 0].all() and inside.sum() == 8
-    assert not report.patches_inside([0, 0, 30, 64], (128, 64), 8).any()
+def test_patches_under_a_box_follow_the_center_crop():
+    """A wide picture is seen through its center square: a box on the crop's first column of patches lies under
+    them alone, one left of the crop under none."""
+    under = report.patches_under([32, 0, 40, 64], (128, 64), 8)  # the crop spans x 32..96, 8 px per patch
+    assert under.reshape(8, 8)[:, 0].all() and under.sum() == 8
+    assert not report.patches_under([0, 0, 30, 64], (128, 64), 8).any()
+
+
+def test_a_box_smaller_than_a_patch_lies_under_one():
+    """A box between two patch centres (8 px patches: centres at 4, 12, ...) lies under the patch it overlaps;
+    counted by the centres, it would lie under none and no map could hit it."""
+    under = report.patches_under([9, 17, 11, 19], (64, 64), 8)
+    assert under.sum() == 1 and under.reshape(8, 8)[2, 1]
 
 
 class PageReader(html.parser.HTMLParser):
