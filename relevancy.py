@@ -13,7 +13,7 @@ of the top answer's logit with respect to them (⊙: elementwise), the positive 
 A relevance matrix R_xy [B, tokens of x, tokens of y] says how much each token of stream y (t: text, i: image)
 has gone into each token of stream x so far. They start as the identity (R_tt, R_ii: each token is its own
 source) and zero (R_ti, R_it), and each attention layer adds to them, the "+=" standing for the layer's
-residual connection (products are matrix products):
+residual connection (products are matrix products; s is the stream whose tokens ask, q the other one):
 
     self-attention of stream s:        R_ss += Abar R_ss     R_sq += Abar R_sq
     s attends to the other stream q:   R_sq += norm(R_ss)^T Abar norm(R_qq)     R_ss += Abar R_qs
@@ -31,8 +31,8 @@ pooled token's row over the patches.
 Choices where the paper is silent:
 - Both pooled tokens' rows are added as they are, neither rescaled: the head reads both, and each row is that
   token's relevance to the same patches (the paper's LXMERT pools only the text [CLS]).
-- The map explains the top answer (the paper's default), computed in one backward pass for the whole batch:
-  the samples do not mix, so the sum of their logits has each sample's gradient.
+- One backward pass for the whole batch explains each question's top answer: the samples do not mix, so the
+  sum of their top logits has each sample's gradient.
 - The co-attention layers of Ko-METER run the two streams in parallel (each reads the other's output of the
   previous layer, model.Meter.fuse); the cross-attention rules therefore read the other stream's relevance of
   the previous layer, and the own stream's after this layer's self-attention.
