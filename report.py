@@ -322,8 +322,8 @@ def pointing_game(rows, peaks, insides):
     """The pointing game (Zhang et al., ECCV 2016, "Top-down neural attention by excitation backprop") of each row
     that asks about one object, into row["pointing"]: "hits", one per map, whether the patch where the map peaks
     lies over the object's box (patches_under); "chance", the share of patches that do (the hit rate of a map
-    that peaks at a patch drawn at random); "other questions", one per map, how often the maps of the picture's other questions
-    peak there (None without any). A map drawn to whatever stands out in the picture, whatever is asked, hits
+    that peaks at a patch drawn at random); "other questions", one per map, how often the maps of the picture's
+    other questions peak there (None without any). A map drawn to whatever stands out in the picture, whatever is asked, hits
     as often for the other questions as for its own; a map that follows the question hits more often, unless
     the other questions ask about the same object.
     peaks: [rows][maps] the flat index of each map's peak; insides: {row index: patches_under its box}."""
