@@ -33,6 +33,7 @@ import shlex
 import shutil
 import signal
 import sys
+import time
 import traceback
 from datetime import timedelta
 
@@ -40,6 +41,7 @@ import checkpoints
 
 PEER_TIMEOUT = timedelta(seconds=60)  # the longest a torchrun process waits in a collective for the others
 WORKER_JOIN_SECONDS = 5  # how long a killed data-loading worker is waited for
+WORKER_SETTLE_SECONDS = 2  # how long a broken connection to a worker waits for the kernel to report it dead
 DISK_FULL = os.strerror(errno.ENOSPC)  # "No space left on device", also inside safetensors' own errors
 SIGNAL_HINTS = {  # what a data-loading worker's death by these signals usually means
     signal.SIGKILL: ": out of memory? try fewer --workers or a smaller --micro-batch",  # the out-of-memory killer's
@@ -137,7 +139,7 @@ def describe(error):
     A data-loading worker that died is the cause whatever the exception it left in the main process (torch's
     RuntimeError, or a ConnectionResetError when it died handing over a batch)."""
     text = str(error)
-    dead_workers = [worker for worker in RUN.get("workers", []) if worker.exitcode not in (None, 0)]
+    dead_workers = workers_that_died(error)
     failed_worker = re.search(r"in DataLoader worker process (\d+)", text)  # torch's words for an exception in one
     if isinstance(error, KeyboardInterrupt):
         return "stopped at once by a second Ctrl-C"
@@ -152,6 +154,19 @@ def describe(error):
     if isinstance(error, (ValueError, FileNotFoundError, FloatingPointError)):  # the scripts' own words
         return first_line(text)
     return f"{type(error).__name__}: {first_line(text)}"
+
+
+def workers_that_died(error):
+    """The data-loading workers that ended with a failure. A killed worker's end of its connection closes a moment
+    before the kernel reports it dead, so after a broken connection this waits up to WORKER_SETTLE_SECONDS for
+    that report: otherwise the ConnectionResetError would be named instead of the worker's death."""
+    workers = RUN.get("workers", [])
+    deadline = time.monotonic() + (WORKER_SETTLE_SECONDS if isinstance(error, (ConnectionError, EOFError)) else 0)
+    while True:
+        dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
+        if dead or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.01)
 
 
 def worker_death_message(worker):

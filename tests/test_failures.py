@@ -244,6 +244,29 @@ def test_a_killed_data_loading_worker_ends_the_run(caption_set, tmp_path):
     assert_resumable(out, 2)
 
 
+class WorkerReportedLate:
+    """A worker whose death the kernel reports `delay` seconds after its connection broke, as a SIGKILLed one's."""
+
+    def __init__(self, delay):
+        self.pid, self.reported = 12345, time.monotonic() + delay
+
+    @property
+    def exitcode(self):
+        return -signal.SIGKILL if time.monotonic() >= self.reported else None
+
+
+def test_a_broken_connection_waits_for_the_workers_death(monkeypatch):
+    """The killed worker's connection breaks before its death is reported: the run must name the death, not the
+    ConnectionResetError (the race that made test_a_killed_data_loading_worker_ends_the_run fail now and then)."""
+    monkeypatch.setitem(failures.RUN, "workers", [WorkerReportedLate(0.2)])
+    cause = failures.describe(ConnectionResetError(104, "Connection reset by peer"))
+    assert cause.startswith("data-loading worker (pid 12345) was killed by signal 9 (SIGKILL): out of memory?")
+    monkeypatch.setitem(failures.RUN, "workers", [WorkerReportedLate(60)])  # alive: the wait ends, the error named
+    started = time.monotonic()
+    assert failures.describe(ConnectionResetError(104, "Connection reset by peer")).startswith("ConnectionResetError")
+    assert time.monotonic() - started < failures.WORKER_SETTLE_SECONDS + 1
+
+
 def test_one_of_two_torchrun_processes_killed_ends_the_other(caption_set, tmp_path):
     """Two gloo processes with a data-loading worker each; process 1 is killed with SIGKILL. Process 0 ends within
     failures.PEER_TIMEOUT, in one line, and torchrun with it. (torchrun prints its own summary, a traceback of
