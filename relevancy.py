@@ -84,8 +84,10 @@ def cross_attention_rule(weighted, r_ss, r_sq, r_qs, r_qq):
     return r_ss + weighted @ r_qs, r_sq
 
 
-def meter_relevance(model, weighted, batch, text_tokens, image_tokens, device):
+def meter_relevance(model, weighted):
     """(R_ti [B, T, 1+N], R_ii [B, 1+N, 1+N]) of a Ko-METER; weighted: {model.Attention: its Abar}."""
+    cross = weighted[model.text_layers[0].cross_attention]  # [B, T, 1+N]: the sizes of every R
+    (batch, text_tokens, image_tokens), device = cross.shape, cross.device
     r_tt = torch.eye(text_tokens, device=device).repeat(batch, 1, 1)
     r_ii = torch.eye(image_tokens, device=device).repeat(batch, 1, 1)
     r_ti = torch.zeros(batch, text_tokens, image_tokens, device=device)
@@ -105,10 +107,11 @@ def meter_relevance(model, weighted, batch, text_tokens, image_tokens, device):
 
 def relevancy_maps(model, pixels, input_ids, attention_mask):
     """(VQA logits [B, num_answers], relevancy [B, N]: how much each patch went into the top answer, as shares that
-    sum to 1 over the patches). The model must have a VQA head; runs with gradients even under torch.no_grad,
-    and leaves no gradient on the parameters."""
+    sum to 1 over the patches, {model.Attention: its probabilities [B, heads, T, S]}: every attention's, kept on
+    the way, so that a caller needs no second pass for a raw attention map). The model must have a VQA head;
+    runs with gradients even under torch.no_grad, and leaves no gradient on the parameters."""
     attentions = [module for module in model.modules() if isinstance(module, Attention)]
-    batch, text_tokens = input_ids.shape
+    text_tokens = input_ids.shape[1]
     with torch.enable_grad(), keeping_probabilities(attentions):
         logits = model.vqa_head(model(pixels, input_ids, attention_mask)["cls_feats"])  # [B, num_answers]
         top_logits = logits.gather(1, logits.argmax(dim=1, keepdim=True))  # [B, 1]
@@ -116,14 +119,13 @@ def relevancy_maps(model, pixels, input_ids, attention_mask):
         grads = torch.autograd.grad(top_logits.sum(), probs)  # every attention layer has a path to the answer
     weighted = {attention: gradient_weighted(p.detach(), g) for attention, p, g in zip(attentions, probs, grads)}
     if model.cfg.arch == "meter":
-        image_tokens = weighted[model.text_layers[0].cross_attention].shape[-1]  # 1 + N
-        r_ti, r_ii = meter_relevance(model, weighted, batch, text_tokens, image_tokens, pixels.device)
+        r_ti, r_ii = meter_relevance(model, weighted)
         relevance = r_ti[:, 0, 1:] + r_ii[:, 0, 1:]  # the two pooled tokens' rows over the patches: [B, N]
     else:
-        tokens = weighted[model.blocks[0].attention].shape[-1]  # T + 1 + N
-        r = torch.eye(tokens, device=pixels.device).repeat(batch, 1, 1)
+        first = weighted[model.blocks[0].attention]  # [B, T+1+N, T+1+N]
+        r = torch.eye(first.shape[-1], device=first.device).repeat(first.shape[0], 1, 1)
         for block in model.blocks:
             r = r + weighted[block.attention] @ r  # the self-attention rule; one stream, so R is all of it
         relevance = r[:, 0, text_tokens + 1:]  # the pooled token's row over the patches: [B, N]
     shares = relevance / relevance.sum(dim=1, keepdim=True).clamp(min=1e-12)
-    return logits.detach(), shares
+    return logits.detach(), shares, {attention: p.detach() for attention, p in zip(attentions, probs)}

@@ -7,7 +7,7 @@ dev_report.html. Each question gets two maps over the image patches:
   every attention layer of both streams: the first map, the one the page draws and the pointing game reports first;
 - the [CLS] token's raw attention in one layer: for Ko-METER the text stream's cross-attention in a co-attention
   layer (METER, Dou et al., CVPR 2022, §3.2), the softmax over the image tokens averaged over the heads, taken
-  from model.py's Attention itself (text_to_image_attention below); for ViLT (Kim et al., ICML 2021) the
+  from model.py's Attention itself (attention_of below); for ViLT (Kim et al., ICML 2021) the
   text-to-image block of one layer's self-attention. It shows where one layer looks, not how much each patch
   decides the answer (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in Transformers").
 Neither is a proof: the pointing game below measures how often a map peaks on the object a question asks about.
@@ -64,25 +64,19 @@ HANGUL_FONTS = [
 # From the model: answers and the attention maps behind them
 
 
-def kept_attention(attention, run):
-    """(run(), the probabilities [B, heads, T, S] that model.Attention `attention` computed during it), then
-    back to the fast path."""
-    with relevancy.keeping_probabilities([attention]):
-        return run(), attention.probs
+def attention_of(model, layer):
+    """The model.Attention whose probabilities hold the text-to-image attention of layer index `layer`: Ko-METER's
+    text stream's cross-attention in a co-attention layer, or one of ViLT's blocks' self-attention."""
+    return model.text_layers[layer].cross_attention if model.cfg.arch == "meter" else model.blocks[layer].attention
 
 
-def text_to_image_attention(model, pixels, input_ids, attention_mask, layer=-1):
-    """(the model's output, its text-to-image attention probabilities [B, heads, T, 1+N] in layer `layer`): how
-    each text token spreads its attention over the image tokens. Ko-METER: the text stream's cross-attention in
-    a fusion layer. ViLT: the text-to-image block of a block's self-attention, whose rows sum to 1 over text and
-    image keys together, so a row's image part sums to at most 1."""
-    def forward():
-        return model(pixels, input_ids, attention_mask)
+def text_to_image(model, probs, text_tokens):
+    """attention_of's probabilities -> the text-to-image part [B, heads, T, 1+N]: how each text token spreads its
+    attention over the image tokens. Ko-METER's are that already; of ViLT's, whose rows sum to 1 over text and
+    image keys together, the text-to-image block, a row of which sums to at most 1."""
     if model.cfg.arch == "meter":
-        return kept_attention(model.text_layers[layer].cross_attention, forward)
-    out, probs = kept_attention(model.blocks[layer].attention, forward)
-    text_tokens = input_ids.shape[1]
-    return out, probs[:, :, :text_tokens, text_tokens:]  # [B, heads, T+1+N, T+1+N] -> [B, heads, T, 1+N]
+        return probs
+    return probs[:, :, :text_tokens, text_tokens:]  # [B, heads, T+1+N, T+1+N] -> [B, heads, T, 1+N]
 
 
 def layer_count(model):
@@ -91,7 +85,7 @@ def layer_count(model):
 
 
 def layer_index(model, number):
-    """--layer N (1 = the first layer, None = the last) -> the index text_to_image_attention takes."""
+    """--layer N (1 = the first layer, None = the last) -> the index attention_of takes."""
     count = layer_count(model)
     if number is None:
         return count - 1
@@ -129,9 +123,9 @@ def answer_batch(model, tokenizer, answer_vocab, max_len, image_paths, questions
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
         if attention_layer is None:
             logits, maps = model.vqa_head(model(pixels, input_ids, attention_mask)["cls_feats"]), None
-        else:  # two passes: the attention without gradients, then the relevancy with them
-            _, probs = text_to_image_attention(model, pixels, input_ids, attention_mask, attention_layer)
-            logits, relevance = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)  # [B, N]
+        else:  # one pass with gradients: the relevancy, and the layer's attention among the probabilities it kept
+            logits, relevance, kept = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)  # [B, N]
+            probs = text_to_image(model, kept[attention_of(model, attention_layer)], input_ids.shape[1])
             attention = probs.float().mean(dim=1)[:, 0, 1:]  # [B, heads, T, 1+N] -> the [CLS] row over patches [B, N]
             maps = torch.stack([relevance, attention], dim=1)  # [B, 2, N]
             side = math.isqrt(maps.shape[-1])
@@ -323,9 +317,9 @@ def pointing_game(rows, peaks, insides):
     that asks about one object, into row["pointing"]: "hits", one per map, whether the patch where the map peaks
     lies over the object's box (patches_under); "chance", the share of patches that do (the hit rate of a map
     that peaks at a patch drawn at random); "other questions", one per map, how often the maps of the picture's
-    other questions peak there (None without any). A map drawn to whatever stands out in the picture, whatever is asked, hits
-    as often for the other questions as for its own; a map that follows the question hits more often, unless
-    the other questions ask about the same object.
+    other questions peak there (None without any). A map drawn to whatever stands out in the picture, whatever is
+    asked, hits as often for the other questions as for its own; a map that follows the question hits more often,
+    unless the other questions ask about the same object.
     peaks: [rows][maps] the flat index of each map's peak; insides: {row index: patches_under its box}."""
     rows_of_image = {}
     for index, row in enumerate(rows):
@@ -336,7 +330,8 @@ def pointing_game(rows, peaks, insides):
             row["pointing"] = None
             continue
         others = [peaks[other] for other in rows_of_image[row["image"]] if other != index]  # [others][maps]
-        row["pointing"] = {"hits": [bool(inside[peak]) for peak in peaks[index]], "chance": inside.float().mean().item(),
+        row["pointing"] = {"hits": [bool(inside[peak]) for peak in peaks[index]],
+                           "chance": inside.float().mean().item(),
                            "other questions": [sum(bool(inside[other[map_index]]) for other in others) / len(others)
                                                for map_index in range(len(peaks[index]))] if others else None}
 
@@ -430,7 +425,8 @@ def controls_html(rows, controls):
         lines = [f"<tr>{head}</tr>"]
         for name, results in controls.items():
             cells = [results["by_type"][answer_type] for answer_type in formats.ANSWER_TYPES] + [results["overall"]]
-            lines.append(f'<tr data-control="{html.escape(name)}"><td>{html.escape(name.replace("_", " "))}</td>' + "".join(
+            label = html.escape(name.replace("_", " "))
+            lines.append(f'<tr data-control="{html.escape(name)}"><td>{label}</td>' + "".join(
                 f"<td>{percent(cell['accuracy'] * cell['n'], cell['n'])}</td>" for cell in cells) + "</tr>")
         tables.append(f'<table class="summary controls">{"".join(lines)}</table>')
     pointed = pointing_results(rows)

@@ -79,7 +79,7 @@ def test_one_block_vilt_map_is_the_pooled_tokens_weighted_attention():
     pixels, input_ids, attention_mask = inputs(cfg)
     pairs = gradients_of_top_answer(model, [model.blocks[0].attention], pixels, input_ids, attention_mask)
     row = weighted(pairs[model.blocks[0].attention])[:, 0, input_ids.shape[1] + 1:]  # [B, T+1+N, T+1+N] -> [B, N]
-    _, shares = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)
+    _, shares, _ = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)
     torch.testing.assert_close(shares, row / row.sum(dim=1, keepdim=True))
 
 
@@ -103,7 +103,7 @@ def test_one_layer_meter_map_by_the_papers_rules():
     norm_tt = others + torch.eye(self_t.shape[-1])
     r_ti = norm_tt.transpose(1, 2) @ cross_t  # [B, T, 1+N]
     expected = r_ti[:, 0, 1:] + self_i[:, 0, 1:]  # [B, N]
-    _, shares = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)
+    _, shares, _ = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)
     torch.testing.assert_close(shares, expected / expected.sum(dim=1, keepdim=True))
 
 
@@ -116,7 +116,7 @@ def test_relevancy_leaves_the_model_as_it_was(arch):
     pixels, input_ids, attention_mask = inputs(cfg)
     with torch.no_grad():
         plain = model.vqa_head(model(pixels, input_ids, attention_mask)["cls_feats"])
-        logits, shares = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)
+        logits, shares, _ = relevancy.relevancy_maps(model, pixels, input_ids, attention_mask)
     torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5)
     assert shares.shape == (2, cfg.num_patches) and torch.isfinite(shares).all()
     torch.testing.assert_close(shares.sum(dim=1), torch.ones(2))

@@ -25,6 +25,7 @@ import data
 import finetune
 import formats
 import predict
+import relevancy
 import report
 from model import CONFIGS, build_model
 
@@ -66,13 +67,16 @@ def write_checkpoint(model, folder, demo_set, answers):
 
 @pytest.mark.parametrize("arch", ["meter", "vilt"])
 def test_kept_attention_sums_to_one_and_changes_nothing(arch):
-    cfg = dataclasses.replace(CONFIGS["tiny"], arch=arch, num_answers=3)  # fast path on: kept_attention must leave it
+    cfg = dataclasses.replace(CONFIGS["tiny"], arch=arch, num_answers=3)  # fast path on: keeping must leave it
     model = build_model(cfg).eval()
     pixels, input_ids, attention_mask = tiny_inputs(cfg)
     with torch.no_grad():
         plain = model(pixels, input_ids, attention_mask)
         for layer in range(report.layer_count(model)):
-            out, probs = report.text_to_image_attention(model, pixels, input_ids, attention_mask, layer)
+            attention = report.attention_of(model, layer)
+            with relevancy.keeping_probabilities([attention]):
+                out = model(pixels, input_ids, attention_mask)
+                probs = report.text_to_image(model, attention.probs, input_ids.shape[1])
             assert probs.shape == (3, 2, input_ids.shape[1], 1 + cfg.num_patches)  # [B, heads, T, 1+N]
             for name in plain:
                 torch.testing.assert_close(out[name], plain[name], rtol=1e-5, atol=1e-5)
@@ -81,7 +85,9 @@ def test_kept_attention_sums_to_one_and_changes_nothing(arch):
             else:  # the text-to-image block is part of rows that sum to 1 over text and image keys
                 assert (probs.sum(-1) <= 1 + 1e-6).all()
         attention = model.text_layers[-1].cross_attention if arch == "meter" else model.blocks[-1].attention
-        _, probs = report.kept_attention(attention, lambda: model(pixels, input_ids, attention_mask))
+        with relevancy.keeping_probabilities([attention]):
+            model(pixels, input_ids, attention_mask)
+            probs = attention.probs
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:3]))
     if arch == "vilt":  # padded text keys get nothing
         padded_keys = torch.cat([attention_mask, torch.ones(3, 1 + cfg.num_patches, dtype=torch.long)], dim=1) == 0
