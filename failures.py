@@ -109,6 +109,20 @@ def end_helper_processes():
     signal.signal(signal.SIGCHLD, signal.SIG_DFL if torch_check is None else torch_check)
 
 
+class ExitLine(int):
+    """The exit status 1 of a failed command, carrying its one line, which training.run_command has printed
+    already: SystemExit(ExitLine(line)) ends the process with status 1 and prints nothing more (Python prints a
+    SystemExit's code only when it is not an int), while a caller that catches it reads the line with str()."""
+
+    def __new__(cls, line):
+        status = super().__new__(cls, 1)
+        status.line = line
+        return status
+
+    def __str__(self):
+        return self.line
+
+
 def exit_line(error):
     """The one line a failed command ends with. Bad input (a ValueError or FileNotFoundError of the main process)
     says what is wrong; any other failure of a run with an output folder also names the last good checkpoint and

@@ -417,7 +417,10 @@ def run_command(command):
         failures.end_helper_processes()
         if line is None:
             raise
-        sys.exit(line)
+        # printed here, while the stop signals are ignored: under torchrun the survivors get a SIGTERM when a
+        # process dies, and one that came after the handlers below are restored would cut the line off unprinted
+        print(line, file=sys.stderr, flush=True)
+        raise SystemExit(failures.ExitLine(line)) from error
     finally:
         if distributed.is_initialized():
             distributed.destroy_process_group()
