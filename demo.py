@@ -167,7 +167,7 @@ def print_demo_tables(results):
 def print_pointing_game(results, over):
     """The share of the questions about one object whose map (predict.py --explain's) peaks inside that object's
     box, per answer type: for each model its relevancy map, under it how often the relevancy maps of the
-    picture's other questions peak in that box, and the [CLS] token's attention in the last layer; last, the chance
+    picture's questions about other things (another object, or none) peak in that box, and the [CLS] token's attention in the last layer; last, the chance
     level (the share of the picture's patches inside the box: a map that peaks anywhere)."""
     first = next(iter(results.values()))[0]["pointing"]
     if not first["overall"]["n"]:
@@ -180,7 +180,8 @@ def print_pointing_game(results, over):
 
     relevancy, attention = report.MAP_NAMES
     print(f"\npointing game: questions about one object whose map peaks in its box %, {over} (the relevancy map; "
-          f"under it, where the picture's other questions' maps peak, and the last layer's [CLS] attention)")
+          f"under it, where the maps of the picture's questions about other things peak, and the last layer's [CLS] "
+          f"attention)")
     print(f"{'':<24}" + "".join(right_aligned(f"{column} ({cell['n']})", 16) for column, cell in zip(columns, cells(
         next(iter(results.values()))[0]))))
     for label, runs in results.items():

@@ -317,10 +317,12 @@ def pointing_game(rows, peaks, insides):
     that asks about one object, into row["pointing"]: "hits", one per map, whether the patch where the map peaks
     lies over the object's box (patches_under); "chance", the share of patches that do (the hit rate of a map
     that peaks at a patch drawn at random); "other questions", one per map, how often the maps of the picture's
-    other questions peak there (None without any). A map drawn to whatever stands out in the picture, whatever is
-    asked, hits as often for the other questions as for its own; a map that follows the question hits more often,
-    unless the other questions ask about the same object.
-    peaks: [rows][maps] the flat index of each map's peak; insides: {row index: patches_under its box}."""
+    questions about anything else (another object, or none) peak there (None without any). A map drawn to whatever
+    stands out in the picture, whatever is asked, hits as often for those questions as for its own; a map that
+    follows the question hits more often. Questions about the same object (the same box) are left out: their maps
+    should hit it too.
+    rows: each with its "image" and "box" (None when it asks about no one object); peaks: [rows][maps] the flat
+    index of each map's peak; insides: {row index: patches_under its box}."""
     rows_of_image = {}
     for index, row in enumerate(rows):
         rows_of_image.setdefault(row["image"], []).append(index)
@@ -329,7 +331,8 @@ def pointing_game(rows, peaks, insides):
         if inside is None:
             row["pointing"] = None
             continue
-        others = [peaks[other] for other in rows_of_image[row["image"]] if other != index]  # [others][maps]
+        others = [peaks[other] for other in rows_of_image[row["image"]]
+                  if other != index and rows[other]["box"] != row["box"]]  # [others][maps]
         row["pointing"] = {"hits": [bool(inside[peak]) for peak in peaks[index]],
                            "chance": inside.float().mean().item(),
                            "other questions": [sum(bool(inside[other[map_index]]) for other in others) / len(others)
@@ -338,8 +341,8 @@ def pointing_game(rows, peaks, insides):
 
 def pointing_results(rows):
     """The pointing game over the rows that ask about one object: n, the chance level, and for each map the share
-    of hits and the hit rate of the picture's other questions (over the rows whose picture has other questions),
-    overall and per answer type (types with such questions only)."""
+    of hits and the hit rate of the picture's questions about other things (over the rows whose picture has any;
+    pointing_game), overall and per answer type (types with such questions only)."""
     def summary(group):
         compared = [row for row in group if row["pointing"]["other questions"] is not None]
         return {"n": len(group), "chance": sum(row["pointing"]["chance"] for row in group) / max(len(group), 1),
@@ -500,7 +503,7 @@ def write_report(path, model, tokenizer, answer_vocab, max_len, entries, referen
                     insides[len(rows)] = patches_under(box, picture.size, entry_maps.shape[-1])
             peaks.append(entry_maps.flatten(1).argmax(dim=1).tolist())  # [maps, side, side] -> [maps]
             rows.append({"question_id": entry["question_id"], "question": entry["question"], "image": entry["image"],
-                         "answer_type": entry["answer_type"], "reference": reference, "top": answers,
+                         "box": box, "answer_type": entry["answer_type"], "reference": reference, "top": answers,
                          "correct": answers[0][0] == reference if reference else None,
                          "thumbnail": thumbnail(entry["image"], entry_maps[PAGE_MAP], box)})
     pointing_game(rows, peaks, insides)
@@ -511,7 +514,7 @@ def write_report(path, model, tokenizer, answer_vocab, max_len, entries, referen
              f"answer type. "
              f"Controls: what the words alone score, and the same model shown another picture; the pointing game: how "
              f"often each map ({describe_layer(model, index)}) peaks on the object a question asks about (outlined "
-             f"in white), against chance and against the maps of the picture's other questions.")
+             f"in white), against chance and against the maps of the picture's questions about other things.")
     with checkpoints.atomic_write(path) as file:
         file.write(page_html(rows, title, about, controls))
     return rows

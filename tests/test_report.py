@@ -185,6 +185,22 @@ def test_pointing_game_hits_the_box_the_map_peaks_in(demo_set, tmp_path):
     assert "pointing game" in text and "peaks in the object" in text and "peaks outside the object" in text
 
 
+def test_the_other_questions_control_leaves_out_questions_about_the_same_object():
+    """One picture, a 2 x 2 grid: questions 0 and 1 ask about the object on patch 0, question 2 about the one on
+    patch 3, question 3 about none. Question 0's control is the maps of questions 2 and 3 alone (peaks 3 and 0:
+    one hit in two); counting question 1 (peak 0) as well would make it 2 in 3."""
+    box_a, box_b = [0, 0, 1, 1], [1, 1, 2, 2]
+    rows = [{"image": "p.png", "box": box} for box in (box_a, list(box_a), box_b, None)]
+    peaks = [[0], [0], [3], [0]]
+    insides = {0: torch.tensor([True, False, False, False]), 1: torch.tensor([True, False, False, False]),
+               2: torch.tensor([False, False, False, True])}
+    report.pointing_game(rows, peaks, insides)
+    assert rows[0]["pointing"]["other questions"] == [0.5]
+    assert rows[1]["pointing"]["other questions"] == [0.5]
+    assert rows[2]["pointing"]["other questions"] == [0.0]  # questions 0, 1 and 3 all peak on patch 0
+    assert rows[3]["pointing"] is None
+
+
 def test_patches_under_a_box_follow_the_center_crop():
     """A wide picture is seen through its center square: a box on the crop's first column of patches lies under
     them alone, one left of the crop under none."""
