@@ -294,8 +294,9 @@ def read_objects(path):
 
 
 def view_of(size, side):
-    """(left, top, pixels per view pixel): where the model's square view (CLIP's center crop, data.resize_center_crop)
-    of a picture of size (width, height) lies in it, at `side` pixels."""
+    """(left, top, picture pixels per unit): where the model's square view (CLIP's center crop,
+    data.resize_center_crop) of a picture of size (width, height) lies in it, the view cut into `side` units a side
+    (a thumbnail's pixels, or the model's patches)."""
     width, height = size
     short = min(width, height)
     return (width - short) / 2, (height - short) / 2, short / side
