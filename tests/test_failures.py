@@ -285,7 +285,11 @@ def test_one_of_two_torchrun_processes_killed_ends_the_other(caption_set, tmp_pa
     line = error_line(run_output)
     assert line.startswith("error in process 0 of 2: another process of the run died or stopped answering")
     assert f"last good checkpoint: {out / 'step_000002'} (step 2); resume with: " in line and line.endswith("--resume")
-    assert_ended_cleanly(status, run_output, seconds, out, limit=failures.PEER_TIMEOUT.total_seconds())
+    # The killed process's data-loading worker can outlive it by a moment, and the thread that hands its batches'
+    # file descriptors over then prints the reset connection (torchrun labels it [rank1]): the last words of the
+    # process killed, not a failure of process 0 to end cleanly.
+    survivor_output = "".join(line for line in run_output.splitlines(keepends=True) if not line.startswith("[rank1]"))
+    assert_ended_cleanly(status, survivor_output, seconds, out, limit=failures.PEER_TIMEOUT.total_seconds())
     assert_resumable(out, 2)
 
 
