@@ -166,9 +166,9 @@ def print_demo_tables(results):
 
 def print_pointing_game(results, over):
     """The share of the questions about one object whose map (predict.py --explain's) peaks inside that object's
-    box, per answer type: for each model its relevancy map, under it how often the relevancy maps of the
-    picture's questions about other things (another object, or none) peak in that box, and the [CLS] token's attention in the last layer; last, the chance
-    level (the share of the picture's patches inside the box: a map that peaks anywhere)."""
+    box, per answer type: each model's relevancy map, under it how often the relevancy maps of the picture's
+    questions about other things peak in that box, and the last layer's [CLS] attention; last, the chance level
+    (the share of the picture's patches inside the box: a map that peaks anywhere)."""
     first = next(iter(results.values()))[0]["pointing"]
     if not first["overall"]["n"]:
         return
