@@ -7,12 +7,13 @@ line when --demo asks for the tables (or --seeds for several runs); `python demo
     python demo.py                   # = python finetune.py --demo: about 10 min on 2 CPU cores
     python demo.py --world bars --seeds 3
 
-The stages: the encoders (pretrain_encoders.py, out/encoders_demo/, made when missing or older than the demo
-set), METER pretraining from them (out/pretrain_demo/, made when missing or older than the encoders), then three
-fine-tunings at equal steps: Ko-METER from that pretraining, Ko-METER without it (from the same encoders) and
-the ViLT baseline without it. Then the tables, as mean ± standard deviation over the seeds, with the controls
-every fine-tuning writes into its results.json (what the words alone score; the same model shown another
-picture), the pointing game of the relevancy and attention maps, and the minutes each stage took.
+The stages: the encoders (pretrain_encoders.py, out/encoders_demo/, made when missing or older than the demo set),
+METER pretraining from them (out/pretrain_demo/, made when missing, older than the encoders or of another tiny
+config than model.py's), then three fine-tunings at equal steps: Ko-METER from that pretraining, Ko-METER without
+it (from the same encoders) and the ViLT baseline without it. Then the tables, as mean ± standard deviation over
+the seeds, with the controls every fine-tuning writes into its results.json (what the words alone score; the same
+model shown another picture), the pointing game of the relevancy and attention maps, and the minutes each stage
+took.
 
 Choices:
 - The "question only" row answers each dev question with the most frequent training answer of the same
@@ -23,10 +24,13 @@ Choices:
   spread is the sample standard deviation over those runs.
 """
 
+import json
 import os
 import sys
 import time
 import unicodedata
+
+from safetensors import safe_open
 
 import finetune
 import pretrain
@@ -36,6 +40,7 @@ import training
 from checkpoints import read_json
 from demo_data import demo_pretrained, make_demo, world_suffix
 from formats import ANSWER_TYPES
+from model import CONFIGS
 
 
 def run_finetune_demo(args, argv):
@@ -53,8 +58,10 @@ def run_finetune_demo(args, argv):
         minutes["encoders (pretrain_encoders.py)"] = [timed(
             lambda: pretrain_encoders.train(pretrain_encoders.parse_args(demo_flags)))]
     pretrained = demo_pretrained(args.world)
-    if not os.path.exists(pretrained) or os.path.getmtime(pretrained) < max(map(os.path.getmtime, encoders)):
-        print(f"{pretrained} is missing or older than the encoders: running the pretraining demo first")
+    if (not os.path.exists(pretrained) or os.path.getmtime(pretrained) < max(map(os.path.getmtime, encoders))
+            or not has_tiny_config(pretrained)):
+        print(f"{pretrained} is missing, older than the encoders or of another tiny config: running the pretraining "
+              f"demo first")
         minutes["METER pretraining (pretrain.py)"] = [timed(lambda: pretrain.train(pretrain.parse_args(demo_flags)))]
     out = output_folder(args)
     cells = [("with pretraining", os.path.join(out, "pretrained"), ["--pretrained", pretrained]),
@@ -63,6 +70,14 @@ def run_finetune_demo(args, argv):
     results = run_cells(cells, args, argv, minutes)
     print_demo_tables(results)
     print_minutes(minutes)
+
+
+def has_tiny_config(checkpoint):
+    """Whether a demo checkpoint's model has this version's tiny config (the vocabulary aside: the demo's tokenizer
+    sets it). One made before the config changed is made again, not fine-tuned from beside models of the new one."""
+    with safe_open(checkpoint, framework="pt") as handle:
+        saved = json.loads((handle.metadata() or {}).get("config", "{}"))
+    return all(saved.get(name) == value for name, value in CONFIGS["tiny"].to_dict().items() if name != "vocab_size")
 
 
 def run_seeds(args, argv):

@@ -6,6 +6,7 @@ each world its own folders; --seeds puts its runs side by side and the tables re
     python -m pytest -q tests/test_demo.py
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import save_file
 
 import bars_world
 import check
@@ -29,6 +31,7 @@ import pretrain_encoders
 import report
 import torch
 import training
+from model import CONFIGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SIZES = {"caption_images": 40, "vqa_train_images": 30, "vqa_dev_images": 10, "questions_per_image": 4,
@@ -212,14 +215,40 @@ def test_stages_older_than_the_demo_set_are_made_again(tmp_path, monkeypatch):
     assert stages == ["encoders", "pretraining", "fine-tunings"]
 
 
+def write_stages(world_suffix, **config_changes):
+    """Stand-ins for the encoders and the pretraining of a world, made in that order (so nothing is older than what
+    it starts from); the pretrained checkpoint carries the tiny config, with config_changes, in its metadata."""
+    for path in [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world=world_suffix) for flag in ("clip", "text")]:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"")
+    pretrained = demo_data.demo_pretrained(world_suffix.removeprefix("_") or "shapes")
+    Path(pretrained).parent.mkdir(parents=True, exist_ok=True)
+    config = {**dataclasses.asdict(CONFIGS["tiny"]), "vocab_size": 200, **config_changes}
+    save_file({"weight": torch.zeros(1)}, pretrained, metadata={"config": json.dumps(config)})
+
+
+def test_a_pretraining_of_another_tiny_config_is_made_again(tmp_path, monkeypatch):
+    """A demo pretrained before the tiny config changed (here with the fusion's former 2 heads) would be fine-tuned
+    beside fresh models of the new config, and the comparison would no longer be at equal architectures."""
+    monkeypatch.chdir(tmp_path)
+    made_first(monkeypatch)
+    write_stages("_bars", fusion_heads=CONFIGS["tiny"].fusion_heads // 2)  # newer than the demo set
+    stages = []
+    monkeypatch.setattr(pretrain_encoders, "train", lambda args: stages.append("encoders"))
+    monkeypatch.setattr(pretrain, "train", lambda args: stages.append("pretraining"))
+    monkeypatch.setattr(demo, "run_cells", lambda *args: stages.append("fine-tunings") or {})
+    monkeypatch.setattr(demo, "print_demo_tables", lambda results: None)
+    argv = ["--demo", "--world", "bars"]
+    demo.run_finetune_demo(finetune.parse_args(argv), argv)
+    assert stages == ["pretraining", "fine-tunings"]
+
+
 def test_demo_runs_every_cell_for_every_seed(tmp_path, monkeypatch, capsys):
     """run_finetune_demo's bookkeeping with a stand-in for training: folders, seeds, flags, tables."""
     monkeypatch.chdir(tmp_path)
     made_first(monkeypatch)
-    for made in [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world="_bars") for flag in ("clip", "text")] + [
-            demo_data.demo_pretrained("bars")]:  # the encoders, then the pretraining from them: nothing to redo
-        Path(made).parent.mkdir(parents=True, exist_ok=True)
-        Path(made).write_bytes(b"")
+    write_stages("_bars")  # the encoders, then the pretraining from them, of this config: nothing to redo
+    monkeypatch.setattr(pretrain, "train", lambda args: pytest.fail("the pretraining was up to date"))
     monkeypatch.setattr(pretrain_encoders, "train", lambda args: pytest.fail("the encoders were up to date"))
     runs = []
 

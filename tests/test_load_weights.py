@@ -89,7 +89,8 @@ def test_resize_is_bicubic_on_the_grid():
 
 def test_official_meter_layout_with_extra_keys(tmp_path, capsys):
     torch.manual_seed(0)
-    model = build_model(CFG).eval()
+    # the head count is no weight's shape: the loader takes METER's 64 per head, so this model has them too
+    model = build_model(replace(CFG, fusion_heads=CFG.hidden_size // 64)).eval()
     state = meter_state(model)
     state["vit_model.token_embedding.weight"] = torch.zeros(3, 4)     # CLIP's text tower
     state["vit_model.ln_final.weight"] = torch.ones(4)

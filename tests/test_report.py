@@ -77,7 +77,8 @@ def test_kept_attention_sums_to_one_and_changes_nothing(arch):
             with relevancy.keeping_probabilities([attention]):
                 out = model(pixels, input_ids, attention_mask)
                 probs = report.text_to_image(model, attention.probs, input_ids.shape[1])
-            assert probs.shape == (3, 2, input_ids.shape[1], 1 + cfg.num_patches)  # [B, heads, T, 1+N]
+            heads = cfg.fusion_heads if arch == "meter" else cfg.vision_heads  # ViLT's blocks are CLIP's
+            assert probs.shape == (3, heads, input_ids.shape[1], 1 + cfg.num_patches)  # [B, heads, T, 1+N]
             for name in plain:
                 torch.testing.assert_close(out[name], plain[name], rtol=1e-5, atol=1e-5)
             if arch == "meter":  # cross-attention: each text token's row is a distribution over the image tokens
