@@ -45,8 +45,8 @@ from model import CONFIGS
 
 def run_finetune_demo(args, argv):
     """`python finetune.py --demo`: the encoder stage and METER pretraining when their output is missing (or older
-    than what it starts from), then three fine-tuning runs at equal steps, each --seeds times, and the paper's
-    tables, with the controls and the time of each stage."""
+    than what it starts from; for the pretraining, also when of another tiny config), then three fine-tuning runs at
+    equal steps, each --seeds times, and the paper's tables, with the controls and the time of each stage."""
     minutes = {}
     demo_flags = ["--demo", "--world", args.world] + (["--demo-dir", args.demo_dir] if args.demo_dir else [])
     encoders = [pretrain.PRETRAIN_DEMO_DEFAULTS[flag].format(world=world_suffix(args.world)) for flag in ("clip", "text")]
@@ -74,9 +74,13 @@ def run_finetune_demo(args, argv):
 
 def has_tiny_config(checkpoint):
     """Whether a demo checkpoint's model has this version's tiny config (the vocabulary aside: the demo's tokenizer
-    sets it). One made before the config changed is made again, not fine-tuned from beside models of the new one."""
-    with safe_open(checkpoint, framework="pt") as handle:
-        saved = json.loads((handle.metadata() or {}).get("config", "{}"))
+    sets it). A pretraining made before the config changed is made again, so that the three fine-tunings compare
+    models of one config. (The encoders are checked by date only: their files are loaded by shape.)"""
+    try:
+        with safe_open(checkpoint, framework="pt") as handle:
+            saved = json.loads((handle.metadata() or {}).get("config", "{}"))
+    except Exception:  # safetensors' own error types: a file cut short or not safetensors is made again too
+        return False
     return all(saved.get(name) == value for name, value in CONFIGS["tiny"].to_dict().items() if name != "vocab_size")
 
 

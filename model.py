@@ -76,8 +76,8 @@ CONFIGS = {
     # The CPU configuration of the demos and tests: width 128, 2 layers per stream, 64 px images in 16 px patches
     # (a 4 x 4 grid, each quarter of a demo picture 2 x 2 patches: the demo's stages run 1.5 to 2.4 times faster
     # than with 8 px, and read shapes better). The encoders have 2 heads of 64 (CLIP's and RoBERTa's head width),
-    # the fusion 4 of 32: with 2 of 64 the demo's fine-tuned Ko-METER answered about 6 points worse on the shapes
-    # (EXPERIMENTS.md). No dropout: the demo runs underfit, not overfit.
+    # the fusion 4 of 32: with 2 of 64 the demo's fine-tuned Ko-METER scored 5.5 points lower on the shapes (three
+    # seeds) and level on the bars (one seed; EXPERIMENTS.md). No dropout: the demo runs underfit, not overfit.
     "tiny": MeterConfig(image_size=64, patch_size=16, vision_width=128, vision_layers=2, vision_heads=2,
                         vocab_size=512, text_width=128, text_layers=2, text_heads=2, text_ffn_width=512,
                         max_positions=66, hidden_size=128, fusion_layers=2, fusion_heads=4,

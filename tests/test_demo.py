@@ -227,12 +227,16 @@ def write_stages(world_suffix, **config_changes):
     save_file({"weight": torch.zeros(1)}, pretrained, metadata={"config": json.dumps(config)})
 
 
-def test_a_pretraining_of_another_tiny_config_is_made_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_pretraining_of_another_tiny_config_is_made_again(tmp_path, monkeypatch, broken):
     """A demo pretrained before the tiny config changed (here with the fusion's former 2 heads) would be fine-tuned
-    beside fresh models of the new config, and the comparison would no longer be at equal architectures."""
+    beside fresh models of the new config, and the comparison would no longer be at equal architectures; a file that
+    is not safetensors at all is made again too, not read."""
     monkeypatch.chdir(tmp_path)
     made_first(monkeypatch)
     write_stages("_bars", fusion_heads=CONFIGS["tiny"].fusion_heads // 2)  # newer than the demo set
+    if broken:
+        Path(demo_data.demo_pretrained("bars")).write_bytes(b"cut short")
     stages = []
     monkeypatch.setattr(pretrain_encoders, "train", lambda args: stages.append("encoders"))
     monkeypatch.setattr(pretrain, "train", lambda args: stages.append("pretraining"))
