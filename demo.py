@@ -24,13 +24,11 @@ Choices:
   spread is the sample standard deviation over those runs.
 """
 
-import json
 import os
 import sys
 import time
 import unicodedata
-
-from safetensors import safe_open
+from dataclasses import replace
 
 import finetune
 import pretrain
@@ -40,6 +38,7 @@ import training
 from checkpoints import read_json
 from demo_data import demo_pretrained, make_demo, world_suffix
 from formats import ANSWER_TYPES
+from load_weights import config_from_metadata, read_safetensors
 from model import CONFIGS
 
 
@@ -77,11 +76,10 @@ def has_tiny_config(checkpoint):
     sets it). A pretraining made before the config changed is made again, so that the three fine-tunings compare
     models of one config. (The encoders are checked by date only: their files are loaded by shape.)"""
     try:
-        with safe_open(checkpoint, framework="pt") as handle:
-            saved = json.loads((handle.metadata() or {}).get("config", "{}"))
-    except Exception:  # safetensors' own error types: a file cut short or not safetensors is made again too
+        saved = config_from_metadata(read_safetensors(checkpoint)[1], checkpoint)
+    except (ValueError, KeyError):  # cut short, not safetensors, or no Ko-METER config: made again too
         return False
-    return all(saved.get(name) == value for name, value in CONFIGS["tiny"].to_dict().items() if name != "vocab_size")
+    return replace(saved, vocab_size=CONFIGS["tiny"].vocab_size) == CONFIGS["tiny"]
 
 
 def run_seeds(args, argv):
